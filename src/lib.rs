@@ -1,0 +1,30 @@
+//! wscast: a WebSocket broadcast daemon. Clients connect with a key; every text message any
+//! client sends reaches every connected client, as text or as gzip.
+//!
+//! # Layout
+//! The data path, top to bottom:
+//! - [`listener`]: accept loop with a connection permit taken before each accept.
+//! - [`tls`]: PEM -> rustls config, hot-swapped through a watch channel.
+//! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error.
+//! - [`registry`]: one connection per key; replacement closes the old one with 4000.
+//! - [`connection`]: one task per connection, a reader that publishes and a writer that delivers.
+//! - [`broadcast`]: one message -> shared frames in every queue; [`gzip`] compresses once.
+//!
+//! Around it: [`config`] (figment layering and validation), [`logging`], [`signals`],
+//! [`notify`] (sd_notify), [`shutdown`] (phased drain) and [`daemon`] (bind, run, reload).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod broadcast;
+pub mod config;
+pub mod connection;
+pub mod daemon;
+pub mod gzip;
+pub mod listener;
+pub mod logging;
+pub mod notify;
+pub mod registry;
+pub mod shutdown;
+pub mod signals;
+pub mod tls;
+pub mod upgrade;
