@@ -163,17 +163,19 @@ where
     let (mut sink, mut stream) = ws.split();
     let read_end = {
         let reader = read_loop(&mut stream, ctx, &control, settings);
-        let writer = write_loop(&mut sink, rx, &control, params.gzip, settings.ping_interval);
+        let unregister = || {
+            ctx.registry.unregister(&params.key, id);
+        };
+        let writer = write_loop(&mut sink, rx, &control, params.gzip, settings.ping_interval, &unregister);
         tokio::pin!(reader, writer);
         tokio::select! {
         end = &mut reader => {
             control.end(end);
-            ctx.registry.unregister(&params.key, id);
-            let _ = timeout(CLOSE_GRACE, &mut writer).await;
+            // The writer unregisters, then sends the Close (bounded by its own grace period).
+            writer.await;
             true
         }
         () = &mut writer => {
-            ctx.registry.unregister(&params.key, id);
             // Wait for the peer's Close reply (or its departure) before dropping the socket.
             let _ = timeout(CLOSE_GRACE, &mut reader).await;
             false
@@ -242,6 +244,7 @@ async fn write_loop<S>(
     control: &Control,
     gzip: bool,
     ping_interval: Duration,
+    unregister: &(dyn Fn() + Sync),
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -275,6 +278,9 @@ async fn write_loop<S>(
         }
     }
     .await;
+    // Out of the registry before the close handshake: nothing more is queued for us, and a
+    // successor with our key is never touched.
+    unregister();
     if let Err(e) = delivered {
         log_error(&e);
         control.end(Ending::Dead("write failed"));
@@ -282,19 +288,23 @@ async fn write_loop<S>(
     }
     let Some(Ending::Close(frame)) = control.ending() else { return };
     let code = u16::from(frame.code);
-    if code == TOO_SLOW {
-        warn!("client too slow: send queue overflow, closing with 4001");
-    } else {
-        // Everything accepted before the close reaches the client first (shutdown, replacement).
-        while let Ok(frames) = rx.try_recv() {
-            batch.push(frames);
+    let closing = async {
+        if code == TOO_SLOW {
+            warn!("client too slow: send queue overflow, closing with 4001");
+        } else {
+            // Everything accepted before the close reaches the client first (shutdown, replacement).
+            while let Ok(frames) = rx.try_recv() {
+                batch.push(frames);
+            }
+            send_batch(sink, &mut batch, gzip).await?;
         }
-        if send_batch(sink, &mut batch, gzip).await.is_err() {
-            return;
-        }
-    }
-    if let Err(e) = sink.send(Message::Close(Some(frame.clone()))).await {
-        debug!(%e, "could not send close frame");
+        sink.send(Message::Close(Some(frame.clone()))).await
+    };
+    // A client that does not read cannot hold its task (or its socket) past the grace period.
+    match timeout(CLOSE_GRACE, closing).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%e, "could not send the close frame"),
+        Err(_) => debug!("close frame not delivered within the grace period"),
     }
 }
 

@@ -1,0 +1,347 @@
+//! The wire contract against a real daemon on a loopback port: broadcast, gzip, ordering,
+//! replacement, rejections, limits, heartbeats, TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reaches_every_client_in_its_encoding_sender_included() {
+    let d = start(config()).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let gz = i % 2 == 0;
+        clients.push((join(&d, &format!("c{i}"), gz).await, gz));
+    }
+    let text = format!("h\u{e9}llo \u{1F600} {}", "payload ".repeat(50));
+    send(&mut clients[3].0, &text).await;
+    for (ws, gz) in &mut clients {
+        assert_eq!(recv_as(ws, *gz).await, text, "byte for byte after gunzip");
+    }
+    assert_eq!(d.registry.gzip_len(), 10);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_sender_order_is_kept_with_concurrent_senders() {
+    let d = start(config()).await;
+    let mut rx_plain = join(&d, "rx-plain", false).await;
+    let mut rx_gzip = join(&d, "rx-gzip", true).await;
+    let mut senders = Vec::new();
+    for s in 0..3 {
+        senders.push(join(&d, &format!("s{s}"), false).await);
+    }
+    const N: usize = 200;
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(s, mut ws)| {
+            tokio::spawn(async move {
+                for i in 0..N {
+                    send(&mut ws, &format!("{s}:{i}")).await;
+                }
+                ws
+            })
+        })
+        .collect();
+    for (ws, gz) in [(&mut rx_plain, false), (&mut rx_gzip, true)] {
+        let mut next = [0usize; 3];
+        for _ in 0..3 * N {
+            let m = recv_as(ws, gz).await;
+            let (s, i) = m.split_once(':').unwrap();
+            let (s, i): (usize, usize) = (s.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[s], "sender {s} out of order");
+            next[s] += 1;
+        }
+        assert_eq!(next, [N; 3]);
+    }
+    for t in tasks {
+        within("sender", t).await.unwrap();
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacement_closes_old_with_4000_and_keeps_the_new_registered() {
+    let d = start(config()).await;
+    let mut old = join(&d, "same", false).await;
+    let mut new = connect(d.addr, "same", true).await;
+    assert_eq!(recv_close(&mut old).await, (4000, "replaced by a newer connection".into()));
+    // The old connection's late close must not unregister its successor.
+    let _ = old.close(None).await;
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.registry.len(), 1);
+    let mut other = join(&d, "other", false).await;
+    send(&mut other, "after replacement").await;
+    assert_eq!(recv_as(&mut new, true).await, "after replacement");
+    assert_eq!(recv_as(&mut other, false).await, "after replacement");
+    d.stop().await;
+}
+
+async fn status_of(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    let response = http(addr, request).await;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.trim_end().to_string()).unwrap_or_default();
+    assert!(!body.is_empty() && !body.contains('\n'), "one-line reason: {response:?}");
+    (status, body)
+}
+
+macro_rules! rejection {
+    ($name:ident, $target:expr, $extra:expr, $status:expr, $needle:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let mut c = config();
+            c.server.allowed_origins = vec!["https://app.example".into()];
+            let d = start(c).await;
+            let (status, body) = status_of(d.addr, &upgrade_request(&$target, $extra)).await;
+            assert_eq!(status, $status, "{body}");
+            assert!(body.contains($needle), "{body:?} lacks {:?}", $needle);
+            assert_eq!(d.registry.len(), 0);
+            d.stop().await;
+        }
+    };
+}
+
+rejection!(rejects_missing_key, "/?support_gzip=1", "", 400, "specialKey is required");
+rejection!(rejects_empty_key, "/?specialKey=", "", 400, "must not be empty");
+rejection!(rejects_long_key, format!("/?specialKey={}", "k".repeat(257)), "", 400, "at most 256");
+rejection!(rejects_bad_support_gzip, "/?specialKey=a&support_gzip=yes", "", 400, "support_gzip must be 1 or 0");
+rejection!(rejects_bad_percent_escape, "/?specialKey=%zz", "", 400, "percent-escape");
+rejection!(rejects_wrong_path, "/chat?specialKey=a", "", 404, "ws://localhost/?specialKey=");
+rejection!(rejects_bad_origin, "/?specialKey=a", "Origin: https://evil.example\r\n", 403, "not allowed");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_get_gets_426_with_how_to_connect() {
+    let d = start(config()).await;
+    let (status, body) = status_of(d.addr, "GET /?specialKey=a HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!((status, body.as_str()), (426, "this is a WebSocket endpoint: connect with ws://localhost/?specialKey=YOUR_KEY"));
+    let (status, _) = status_of(d.addr, "NOT HTTP AT ALL\r\n\r\n").await;
+    assert_eq!(status, 400);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_origin_and_no_origin_upgrade() {
+    let mut c = config();
+    c.server.allowed_origins = vec!["https://app.example".into()];
+    let d = start(c).await;
+    let response = http_head(d.addr, &upgrade_request("/?specialKey=a", "Origin: https://app.example\r\n")).await;
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    d.wait_for_clients(1).await;
+    let _ws = join(&d, "no-origin", false).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_closed_with_1009_and_others_unaffected() {
+    let d = start(config()).await; // max_message_size 64 KiB
+    let mut big = join(&d, "big", false).await;
+    let mut fine = join(&d, "fine", false).await;
+    send(&mut big, &"x".repeat(100 * 1024)).await;
+    assert_eq!(recv_close(&mut big).await.0, 1009);
+    send(&mut fine, "still here").await;
+    assert_eq!(recv_text(&mut fine).await, "still here");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_summing_past_the_limit_are_closed_with_1009() {
+    let d = start(config()).await;
+    let mut ws = join(&d, "frag", false).await;
+    let part = vec![b'y'; 40 * 1024];
+    ws.send(Message::Frame(Frame::message(part.clone(), OpCode::Data(Data::Text), false))).await.unwrap();
+    ws.send(Message::Frame(Frame::message(part, OpCode::Data(Data::Continue), true))).await.unwrap();
+    assert_eq!(recv_close(&mut ws).await.0, 1009);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_text_is_closed_with_1007() {
+    let d = start(config()).await;
+    let mut ws = join(&d, "bad-utf8", false).await;
+    let frame = Frame::message(vec![b'a', 0xff, 0xfe], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(recv_close(&mut ws).await.0, 1007);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_binary_in_is_broadcast_as_text() {
+    let d = start(config()).await;
+    let mut sender = join(&d, "gz-sender", true).await;
+    let mut plain = join(&d, "plain", false).await;
+    let text = "compressed by the client \u{2713}";
+    sender.send(Message::binary(gzip(text.as_bytes()))).await.unwrap();
+    assert_eq!(recv_as(&mut plain, false).await, text);
+    assert_eq!(recv_as(&mut sender, true).await, text);
+    // Binary that is not gzip is refused with 1007.
+    sender.send(Message::binary(b"not gzip".to_vec())).await.unwrap();
+    assert_eq!(recv_close(&mut sender).await.0, 1007);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bomb_is_cut_at_the_cap_and_the_daemon_keeps_serving() {
+    let d = start(config()).await;
+    let mut bomber = join(&d, "bomber", false).await;
+    let mut fine = join(&d, "fine", false).await;
+    let bomb = gzip(&vec![b'a'; 64 << 20]);
+    assert!(bomb.len() < 64 * 1024, "fits in one allowed message: {}", bomb.len());
+    bomber.send(Message::binary(bomb)).await.unwrap();
+    let (code, reason) = recv_close(&mut bomber).await;
+    assert_eq!(code, 1009, "{reason}");
+    send(&mut fine, "after the bomb").await;
+    assert_eq!(recv_text(&mut fine).await, "after the bomb");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_is_cut_off_with_4001_and_others_keep_receiving() {
+    let mut c = config();
+    c.websocket.send_queue = 8;
+    c.websocket.max_message_size = bytesize::ByteSize::kib(64);
+    let d = start(c).await;
+    let mut slow = join(&d, "slow", false).await;
+    let mut sender = join(&d, "sender", false).await;
+    let mut reader = join(&d, "reader", false).await;
+    let payload = "z".repeat(60 * 1024);
+    // Enough to fill the loopback socket buffers several times over, then the queue.
+    const N: usize = 400;
+    let reading = tokio::spawn(async move {
+        for i in 0..N {
+            let m = recv_text(&mut reader).await;
+            assert_eq!(m.len(), payload.len() + i.to_string().len(), "message {i}");
+        }
+        reader
+    });
+    let payload = "z".repeat(60 * 1024);
+    let mut sender_count = 0;
+    for i in 0..N {
+        send(&mut sender, &format!("{i}{payload}")).await;
+        // The sender receives its own messages; keep reading them so it is not slow itself.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(1), sender.next()).await {
+            sender_count += 1;
+        }
+    }
+    let _reader = within("the reading client got all", reading).await.unwrap();
+    while sender_count < N {
+        recv_text(&mut sender).await;
+        sender_count += 1;
+    }
+    // The slow client is no longer registered; when it finally reads, it finds 4001 at the end.
+    d.wait_for_clients(2).await;
+    let (code, reason) = recv_close(&mut slow).await;
+    assert_eq!((code, reason.as_str()), (4001, "too slow: send queue overflow"));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_peer_is_dropped_after_idle_timeout() {
+    let mut c = config();
+    c.websocket.ping_interval = Duration::from_millis(200);
+    c.websocket.idle_timeout = Duration::from_millis(800);
+    let d = start(c).await;
+    // A raw socket that upgrades and then never answers pings: a dead peer.
+    let mut tcp = TcpStream::connect(d.addr).await.unwrap();
+    tcp.write_all(upgrade_request("/?specialKey=dead", "").as_bytes()).await.unwrap();
+    d.wait_for_clients(1).await;
+    // A live client beside it answers pings (tungstenite does) and stays.
+    let mut live = join(&d, "live", false).await;
+    let live_task = tokio::spawn(async move {
+        let m = recv_text(&mut live).await;
+        (m, live)
+    });
+    let mut seen = Vec::new();
+    let started = std::time::Instant::now();
+    within("dead peer dropped", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(700), "dropped too early: {:?}", started.elapsed());
+    assert!(seen.windows(2).any(|w| w == [0x89, 0x00]), "the daemon pinged the dead peer");
+    d.wait_for_clients(1).await;
+    let mut probe = join(&d, "probe", false).await;
+    send(&mut probe, "live one still served").await;
+    let (m, _live) = within("live", live_task).await.unwrap();
+    assert_eq!(m, "live one still served");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_a_certificate_made_in_the_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "a");
+    let mut c = config();
+    c.tls.enabled = true;
+    c.tls.cert = pki.cert.clone();
+    c.tls.key = pki.key.clone();
+    let d = start(c).await;
+    let (mut a, shown) = connect_tls(d.addr, &pki.ca, "tls-a", true).await;
+    assert_eq!(shown, pki.leaf);
+    let (mut b, _) = connect_tls(d.addr, &pki.ca, "tls-b", false).await;
+    d.wait_for_clients(2).await;
+    send(&mut b, "over tls").await;
+    assert_eq!(recv_as(&mut a, true).await, "over tls");
+    assert_eq!(recv_as(&mut b, false).await, "over tls");
+    // Plain HTTP on the TLS port is not answered as HTTP and does not hang.
+    let mut tcp = TcpStream::connect(d.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = within("plaintext on tls port closed", tcp.read_to_end(&mut sink)).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_is_enforced_by_a_permit_before_accept() {
+    let mut c = config();
+    c.server.max_connections = 2;
+    let d = start(c).await;
+    let a = join(&d, "a", false).await;
+    let _b = join(&d, "b", false).await;
+    // The third waits in the kernel's accept queue: its upgrade does not complete.
+    let third = tokio::spawn(connect(d.addr, "c", false));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served past max_connections");
+    assert_eq!(d.registry.len(), 2);
+    drop(a);
+    let _c = within("third served once a slot frees", third).await.unwrap();
+    d.wait_for_clients(2).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delivers_queued_messages_then_1001() {
+    let d = start(config()).await;
+    let mut a = join(&d, "a", true).await;
+    let mut b = join(&d, "b", false).await;
+    for i in 0..50 {
+        send(&mut a, &format!("m{i}")).await;
+    }
+    // Wait until the daemon has read them all (b's queue holds or has delivered them).
+    for i in 0..50 {
+        assert_eq!(recv_as(&mut a, true).await, format!("m{i}"));
+    }
+    let report = tokio::spawn(d.stop());
+    for i in 0..50 {
+        assert_eq!(recv_as(&mut b, false).await, format!("m{i}"));
+    }
+    assert_eq!(recv_close(&mut b).await, (1001, "server shutting down".into()));
+    assert_eq!(recv_close(&mut a).await.0, 1001);
+    let report = within("drain", report).await.unwrap();
+    assert_eq!((report.drained, report.cut_off), (2, 0));
+}
