@@ -136,8 +136,9 @@ async fn allowed_origin_and_no_origin_upgrade() {
     let d = start(c).await;
     let response = http_head(d.addr, &upgrade_request("/?specialKey=a", "Origin: https://app.example\r\n")).await;
     assert!(response.starts_with("HTTP/1.1 101"), "{response}");
-    d.wait_for_clients(1).await;
-    let _ws = join(&d, "no-origin", false).await;
+    let mut ws = connect(d.addr, "no-origin", false).await;
+    send(&mut ws, "served").await;
+    assert_eq!(recv_text(&mut ws).await, "served");
     d.stop().await;
 }
 
