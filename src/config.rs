@@ -169,11 +169,7 @@ impl Default for Server {
 
 impl Default for Tls {
     fn default() -> Self {
-        Self {
-            enabled: false,
-            cert: "/etc/wscast/tls/fullchain.pem".into(),
-            key: "/etc/wscast/tls/privkey.pem".into(),
-        }
+        Self { enabled: false, cert: "/etc/wscast/tls/fullchain.pem".into(), key: "/etc/wscast/tls/privkey.pem".into() }
     }
 }
 
@@ -248,12 +244,7 @@ fn origin_suffix(origin: &Option<String>) -> String {
 impl ConfigError {
     /// An invalid value found by validation after extraction.
     pub fn invalid(key: &str, value: impl fmt::Display, problem: impl fmt::Display) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            value: value.to_string(),
-            problem: problem.to_string(),
-            origin: None,
-        }
+        ConfigError::Invalid { key: key.into(), value: value.to_string(), problem: problem.to_string(), origin: None }
     }
 }
 
@@ -266,10 +257,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         Ok(_) => {
             // Read it ourselves so an unreadable file (permissions) is reported as such instead
             // of figment's "file not found".
-            std::fs::File::open(path).map_err(|e| ConfigError::File {
-                path: path.into(),
-                problem: e.to_string(),
-            })?;
+            std::fs::File::open(path).map_err(|e| ConfigError::File { path: path.into(), problem: e.to_string() })?;
             figment = figment.merge(Toml::file(path));
         }
         Err(e) if explicit.is_some() || e.kind() != std::io::ErrorKind::NotFound => {
@@ -423,6 +411,8 @@ mod tests {
     use super::*;
     use figment::Jail;
 
+    // figment's Jail fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
     fn load_in_jail(toml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
         let mut out = Err(String::new());
         Jail::expect_with(|jail| {
@@ -468,7 +458,9 @@ mod tests {
 
     #[test]
     fn errors_name_key_value_and_problem() {
-        let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+        // (file, environment, what the one-line error must contain)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             ("[server]\nlisten = \"nope\"\n", &[], &["server.listen", "nope", "socket address"]),
             ("[server]\nmax_connections = 0\n", &[], &["server.max_connections = 0", "1 to"]),
             ("[server]\nhandshake_timeout = \"ten\"\n", &[], &["server.handshake_timeout", "\"ten\""]),

@@ -14,13 +14,13 @@ use tracing::{error, info, warn};
 use crate::broadcast::Broadcaster;
 use crate::config::{self, Config, ConfigError};
 use crate::connection::{Context, Settings};
+use crate::listener;
 use crate::logging::{self, LevelHandle, LogError};
 use crate::notify;
 use crate::registry::Registry;
 use crate::shutdown::{DrainReport, Shutdown};
 use crate::signals::Event;
 use crate::tls::{self, TlsError};
-use crate::listener;
 
 /// How often `STATUS=` is refreshed with the connection count.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
@@ -177,10 +177,7 @@ impl Daemon {
             }
         };
         if report.cut_off > 0 {
-            warn!(
-                "graceful shutdown did not complete in {}, terminating now",
-                humantime::format_duration(timeout)
-            );
+            warn!("graceful shutdown did not complete in {}, terminating now", humantime::format_duration(timeout));
         }
         info!("drained {}, cut off {}", report.drained, report.cut_off);
         report
@@ -211,7 +208,16 @@ impl Daemon {
                 }
             )+};
         }
-        keep_old!(server.listen, tls.enabled, log.target, log.directory, log.file_prefix, log.rotation, log.max_files, log.format);
+        keep_old!(
+            server.listen,
+            tls.enabled,
+            log.target,
+            log.directory,
+            log.file_prefix,
+            log.rotation,
+            log.max_files,
+            log.format
+        );
         if !restart.is_empty() {
             warn!(keys = %restart.join(", "), "changed keys need a restart to take effect");
         }

@@ -63,10 +63,7 @@ pub enum InflateError {
 /// than the cap.
 pub fn inflate(data: &[u8], cap: usize) -> Result<String, InflateError> {
     let mut out = Vec::with_capacity((data.len() * 4).min(cap + 1));
-    flate2::read::GzDecoder::new(data)
-        .take(cap as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|_| InflateError::NotGzip)?;
+    flate2::read::GzDecoder::new(data).take(cap as u64 + 1).read_to_end(&mut out).map_err(|_| InflateError::NotGzip)?;
     if out.len() > cap {
         return Err(InflateError::TooBig(cap));
     }

@@ -75,15 +75,14 @@ pub fn init(log: &Log) -> Result<(Guard, LevelHandle), LogError> {
             (Box::new(layer), None)
         }
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(output)
-        .try_init()
-        .map_err(|_| LogError::AlreadySet)?;
+    tracing_subscriber::registry().with(filter).with(output).try_init().map_err(|_| LogError::AlreadySet)?;
     Ok((Guard(guard), LevelHandle(handle)))
 }
 
-fn formatted<W>(layer: fmt::Layer<Base, fmt::format::DefaultFields, fmt::format::Format, W>, format: LogFormat) -> Output
+fn formatted<W>(
+    layer: fmt::Layer<Base, fmt::format::DefaultFields, fmt::format::Format, W>,
+    format: LogFormat,
+) -> Output
 where
     W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -102,7 +101,8 @@ pub fn file_appender(log: &Log) -> Result<RollingFileAppender, LogError> {
         Rotation::Weekly => rolling::Rotation::WEEKLY,
         Rotation::Never => rolling::Rotation::NEVER,
     };
-    let problem = |e: &dyn std::fmt::Display| LogError::Directory { dir: log.directory.clone(), problem: e.to_string() };
+    let problem =
+        |e: &dyn std::fmt::Display| LogError::Directory { dir: log.directory.clone(), problem: e.to_string() };
     std::fs::create_dir_all(&log.directory).map_err(|e| problem(&e))?;
     // The appender opens its file lazily on some errors; probe with a real write so a read-only
     // directory is reported now and not at the first log line.

@@ -52,13 +52,9 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     if chain.is_empty() {
         return Err(TlsError::Cert { path: cert.into(), problem: "no CERTIFICATE block found".into() });
     }
-    let private_key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key { path: key.into(), problem: pem_problem(e) })?;
-    let mismatch = |e: rustls::Error| TlsError::Mismatch {
-        cert: cert.into(),
-        key: key.into(),
-        problem: e.to_string(),
-    };
+    let private_key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key { path: key.into(), problem: pem_problem(e) })?;
+    let mismatch = |e: rustls::Error| TlsError::Mismatch { cert: cert.into(), key: key.into(), problem: e.to_string() };
     // ring rather than aws-lc-rs: it builds with a plain C compiler on any Debian machine.
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -185,10 +185,7 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
     };
     let host = header("Host").unwrap_or("HOST:PORT");
     let hint = format!("connect with {}://{host}{}?specialKey=YOUR_KEY", policy.scheme, policy.path);
@@ -325,11 +322,7 @@ mod tests {
     }
 
     fn policy(origins: &[&str]) -> Policy {
-        Policy {
-            path: "/".into(),
-            allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
-            scheme: "ws",
-        }
+        Policy { path: "/".into(), allowed_origins: origins.iter().map(|s| s.to_string()).collect(), scheme: "ws" }
     }
 
     fn request(target: &str, extra: &str) -> Vec<u8> {

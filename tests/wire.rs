@@ -123,7 +123,10 @@ rejection!(rejects_bad_origin, "/?specialKey=a", "Origin: https://evil.example\r
 async fn plain_get_gets_426_with_how_to_connect() {
     let d = start(config()).await;
     let (status, body) = status_of(d.addr, "GET /?specialKey=a HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
-    assert_eq!((status, body.as_str()), (426, "this is a WebSocket endpoint: connect with ws://localhost/?specialKey=YOUR_KEY"));
+    assert_eq!(
+        (status, body.as_str()),
+        (426, "this is a WebSocket endpoint: connect with ws://localhost/?specialKey=YOUR_KEY")
+    );
     let (status, _) = status_of(d.addr, "NOT HTTP AT ALL\r\n\r\n").await;
     assert_eq!(status, 400);
     d.stop().await;
@@ -294,6 +297,9 @@ async fn wss_with_a_certificate_made_in_the_test() {
     let d = start(c).await;
     let (mut a, shown) = connect_tls(d.addr, &pki.ca, "tls-a", true).await;
     assert_eq!(shown, pki.leaf);
+    let (_, session) = a.get_ref().get_ref();
+    assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert!(matches!(session.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3)));
     let (mut b, _) = connect_tls(d.addr, &pki.ca, "tls-b", false).await;
     d.wait_for_clients(2).await;
     send(&mut b, "over tls").await;
@@ -304,6 +310,48 @@ async fn wss_with_a_certificate_made_in_the_test() {
     tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut sink = Vec::new();
     let _ = within("plaintext on tls port closed", tcp.read_to_end(&mut sink)).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_on_ipv4_and_ipv6_at_once() {
+    let mut c = config();
+    c.server.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    let daemon = wscast::daemon::Daemon::bind(c, None, None).expect("binds both");
+    let addrs = daemon.local_addrs().to_vec();
+    let (events, rx) = tokio::sync::mpsc::channel(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    let task = tokio::spawn(daemon.run(Box::pin(stream)));
+    let mut v4 = connect(addrs[0], "v4", false).await;
+    let mut v6 = connect(addrs[1], "v6", true).await;
+    assert!(addrs[1].is_ipv6());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(&mut v6, "both families").await;
+    assert_eq!(recv_as(&mut v4, false).await, "both families");
+    assert_eq!(recv_as(&mut v6, true).await, "both families");
+    events.send(wscast::signals::Event::Terminate).await.unwrap();
+    within("stop", task).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_cut_at_the_handshake_timeout() {
+    let mut c = config();
+    c.server.handshake_timeout = Duration::from_millis(500);
+    let d = start(c).await;
+    let mut fine = join(&d, "fine", false).await;
+    let started = std::time::Instant::now();
+    // One says nothing, one sends half a request head: both are closed at the deadline.
+    let mut silent = TcpStream::connect(d.addr).await.unwrap();
+    let mut slow = TcpStream::connect(d.addr).await.unwrap();
+    slow.write_all(b"GET /?specialKey=slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    for s in [&mut silent, &mut slow] {
+        let mut buf = Vec::new();
+        let _ = within("handshake deadline", s.read_to_end(&mut buf)).await;
+        assert!(buf.is_empty(), "no answer, just a close");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+    send(&mut fine, "unaffected").await;
+    assert_eq!(recv_text(&mut fine).await, "unaffected");
     d.stop().await;
 }
 

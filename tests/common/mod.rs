@@ -240,6 +240,8 @@ pub async fn connect_tls(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = within("tcp connect", TcpStream::connect(addr)).await.unwrap();
     let tls = within("tls handshake", connector.connect(ServerName::try_from("localhost").unwrap(), tcp))

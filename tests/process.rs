@@ -1,0 +1,305 @@
+//! The real binary: readiness over a real NOTIFY_SOCKET, real signals, real files.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::{TcpStream, UnixDatagram};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wscast");
+
+/// A running `wscast` with its own notify socket.
+struct Proc {
+    child: Child,
+    notify: UnixDatagram,
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+/// Writes `toml` as the config and starts the binary with NOTIFY_SOCKET set.
+fn spawn(toml: &str) -> Proc {
+    spawn_with(toml, &[])
+}
+
+/// Like `spawn`, with extra environment variables.
+fn spawn_with(toml: &str, env: &[(&str, &str)]) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    std::fs::write(path.join("wscast.toml"), toml).unwrap();
+    let socket = path.join("notify.sock");
+    let notify = UnixDatagram::bind(&socket).unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(path.join("wscast.toml"))
+        .env("NOTIFY_SOCKET", &socket)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Proc { child, notify, _dir: dir, dir: path }
+}
+
+impl Proc {
+    /// The next notify datagram.
+    async fn message(&self) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = within("a notify message", self.notify.recv(&mut buf)).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Waits for a message containing `needle`, returning it.
+    async fn until(&self, needle: &str) -> String {
+        loop {
+            let m = self.message().await;
+            if m.contains(needle) {
+                return m;
+            }
+        }
+    }
+
+    /// Waits for READY=1 and returns the address from its STATUS line.
+    async fn ready(&self) -> SocketAddr {
+        addr_in(&self.until("READY=1").await)
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    /// Waits for the exit; returns the code and stderr. A process that does not exit in time is
+    /// killed and its stderr shown.
+    async fn exit(mut self) -> (i32, String) {
+        let exited = tokio::time::timeout(WAIT, self.child.wait()).await.is_ok();
+        if !exited {
+            let _ = self.child.start_kill();
+        }
+        let out = within("process exit", self.child.wait_with_output()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(exited, "wscast did not exit within {WAIT:?}; its stderr:\n{stderr}");
+        (out.status.code().unwrap_or(-1), stderr)
+    }
+}
+
+fn base(extra: &str) -> String {
+    format!("[server]\nlisten = [\"127.0.0.1:0\"]\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_the_port_accepts_then_stopping_on_sigterm() {
+    let p = spawn(&base(""));
+    let first = p.message().await;
+    assert!(first.contains("READY=1"), "the first message is READY: {first:?}");
+    let addr = addr_in(&first);
+    // READY means bound: a connection succeeds at once, with no retry.
+    let mut ws = connect(addr, "probe", false).await;
+    send(&mut ws, "hello").await;
+    assert_eq!(recv_text(&mut ws).await, "hello");
+    p.signal("-TERM");
+    let stopping = p.until("STOPPING=1").await;
+    assert!(stopping.contains("STATUS=draining"), "{stopping:?}");
+    assert_eq!(recv_close(&mut ws).await, (1001, "server shutting down".into()));
+    let (code, _) = p.exit().await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_pings_and_status_counts_clients() {
+    let p = spawn_with(&base(""), &[("WATCHDOG_USEC", "400000")]);
+    let addr = p.ready().await;
+    p.until("WATCHDOG=1").await;
+    let _a = connect(addr, "a", false).await;
+    let _b = connect(addr, "b", true).await;
+    p.until("; 2 clients").await;
+    p.until("WATCHDOG=1").await;
+    p.signal("-INT");
+    assert_eq!(p.exit().await.0, 0);
+}
+
+/// The address in a `STATUS=listening on ws://...` message.
+fn addr_in(m: &str) -> SocketAddr {
+    let addr = m
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .find_map(|w| w.strip_prefix("ws://").or_else(|| w.strip_prefix("wss://")).and_then(|a| a.parse().ok()));
+    addr.unwrap_or_else(|| panic!("no address in {m:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_client_with_1001_and_exits_0_within_the_drain_timeout() {
+    let p = spawn(&base(""));
+    let addr = p.ready().await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(connect(addr, &format!("c{i}"), i % 2 == 0).await);
+    }
+    // Make sure all are registered: one broadcast reaches all five.
+    send(&mut clients[0], "x").await;
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_eq!(recv_as(ws, i % 2 == 0).await, "x");
+    }
+    let started = Instant::now();
+    p.signal("-TERM");
+    for ws in &mut clients {
+        assert_eq!(recv_close(ws).await.0, 1001);
+    }
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(stderr.contains("drained 5, cut off 0"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sigterm_exits_at_once() {
+    let p = spawn(&base("[websocket]\nsend_queue = 4\n"));
+    let addr = p.ready().await;
+    // A client that never reads its Close keeps the drain waiting.
+    let raw = TcpStream::connect(addr).await.unwrap();
+    let mut raw = raw;
+    tokio::io::AsyncWriteExt::write_all(&mut raw, upgrade_request("/?specialKey=stuck", "").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal("-TERM");
+    p.until("STOPPING=1").await;
+    let started = Instant::now();
+    p.signal("-TERM");
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(stderr.contains("second termination signal"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_certificate_for_new_handshakes_and_keeps_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = make_pki(dir.path(), "1");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let p = spawn(&base(&format!("[tls]\nenabled = true\ncert = {cert:?}\nkey = {key:?}\n")));
+    let addr = p.ready().await;
+    let (mut old, shown) = connect_tls(addr, &first.ca, "old", false).await;
+    assert_eq!(shown, first.leaf);
+
+    let second = make_pki(dir.path(), "2");
+    std::fs::copy(&second.cert, &cert).unwrap();
+    std::fs::copy(&second.key, &key).unwrap();
+    p.signal("-HUP");
+    let reloading = p.until("RELOADING=1").await;
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    p.until("READY=1").await;
+
+    let (mut new, shown) = connect_tls(addr, &second.ca, "new", true).await;
+    assert_eq!(shown, second.leaf, "new handshakes see the new certificate");
+    send(&mut new, "after reload").await;
+    assert_eq!(recv_as(&mut old, false).await, "after reload", "the old connection stays open");
+    assert_eq!(recv_as(&mut new, true).await, "after reload");
+
+    // A broken certificate on reload is reported and the running one kept.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    p.signal("-HUP");
+    p.until("READY=1").await;
+    let (_still, shown) = connect_tls(addr, &second.ca, "still", false).await;
+    assert_eq!(shown, second.leaf);
+    p.signal("-TERM");
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0);
+    assert!(stderr.contains("reload failed, keeping the running configuration: tls.cert"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_limits_and_names_keys_that_need_a_restart() {
+    let p = spawn(&base("[websocket]\nmax_message_size = \"64KiB\"\n"));
+    let addr = p.ready().await;
+    let config = base("[websocket]\nmax_message_size = \"1KiB\"\n").replace("127.0.0.1:0", "127.0.0.1:1");
+    std::fs::write(p.dir.join("wscast.toml"), config).unwrap();
+    p.signal("-HUP");
+    p.until("READY=1").await;
+    let mut ws = connect(addr, "limited", false).await;
+    send(&mut ws, &"x".repeat(2000)).await;
+    assert_eq!(recv_close(&mut ws).await.0, 1009, "the new limit applies to new connections");
+    p.signal("-TERM");
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0);
+    assert!(stderr.contains("keys=server.listen") && stderr.contains("need a restart"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_exits_78_with_one_line_naming_the_key() {
+    let p = spawn(&base("[websocket]\nsend_queue = \"lots\"\n"));
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 78);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("websocket.send_queue = \"lots\" is not valid"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_validates_tls_files_and_the_log_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_pki(dir.path(), "a");
+    let b = make_pki(dir.path(), "b");
+    let run = |toml: String| {
+        let path = dir.path().join("check.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(BIN).arg("--check-config").arg("--config").arg(&path).output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let tls = |c: &Path, k: &Path| format!("[tls]\nenabled = true\ncert = {c:?}\nkey = {k:?}\n");
+    assert_eq!(run(tls(&a.cert, &a.key)).0, 0);
+    let (code, err) = run(tls(&a.cert, &b.key));
+    assert_eq!(code, 78);
+    assert!(err.contains("does not fit tls.cert"), "{err}");
+    let (code, err) = run(tls(&dir.path().join("missing.pem"), &a.key));
+    assert_eq!(code, 78);
+    assert!(err.contains("tls.cert") && err.contains("missing.pem"), "{err}");
+    let (code, err) = run("[log]\ntarget = \"file\"\ndirectory = \"/proc/wscast-logs\"\n".into());
+    assert_eq!(code, 78);
+    assert!(err.contains("log.directory = \"/proc/wscast-logs\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_land_in_the_directory_with_rotation_naming_and_the_last_line() {
+    let logs = tempfile::tempdir().unwrap();
+    let p = spawn(&base(&format!(
+        "[log]\ntarget = \"file\"\ndirectory = {:?}\nrotation = \"minutely\"\nlevel = \"debug\"\nformat = \"json\"\n",
+        logs.path()
+    )));
+    let addr = p.ready().await;
+    let mut ws = connect(addr, "logged-key", false).await;
+    send(&mut ws, "hi").await;
+    recv_text(&mut ws).await;
+    p.signal("-TERM");
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.is_empty(), "nothing on stderr with file logging: {stderr}");
+    let files: Vec<_> =
+        std::fs::read_dir(logs.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = &files[0];
+    // tracing-appender's minutely naming: wscast.log.YYYY-MM-DD-HH-MM
+    let date = name.strip_prefix("wscast.log.").unwrap_or_else(|| panic!("{name}"));
+    assert!(
+        date.len() == 16
+            && date.chars().enumerate().all(|(i, c)| if [4, 7, 10, 13].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }),
+        "{name}"
+    );
+    let text = std::fs::read_to_string(logs.path().join(name)).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("drained 1, cut off 0"), "the last line is flushed before exit: {last}");
+    let connected = text.lines().find(|l| l.contains("connected")).expect("a connect line at debug");
+    assert!(
+        connected.contains("logged-key") && connected.contains("127.0.0.1"),
+        "span carries key and peer: {connected}"
+    );
+}
