@@ -100,7 +100,8 @@ impl Settings {
 
 /// Serves one accepted socket to the end. Errors stay here: they are logged, never returned.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
-    let span = tracing::debug_span!("conn", %peer, key = tracing::field::Empty);
+    // info, not debug: a span filtered out would strip peer and key from the warnings inside it.
+    let span = tracing::info_span!("conn", %peer, key = tracing::field::Empty);
     async move {
         // Copy what we need and release the watch locks at once.
         let settings = ctx.settings.borrow().clone();

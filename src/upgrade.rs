@@ -227,6 +227,13 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
 
 /// Reads `specialKey` and `support_gzip` from a query string; other parameters are ignored (the
 /// Go server ignored them too). The error is the one-line reason for the 400.
+///
+/// ```
+/// use wscast::upgrade::parse_query;
+/// let p = parse_query("specialKey=caf%C3%A9+bar&support_gzip=1&t=1").unwrap();
+/// assert_eq!((&*p.key, p.gzip), ("caf\u{e9} bar", true));
+/// assert!(parse_query("support_gzip=1").unwrap_err().contains("specialKey is required"));
+/// ```
 pub fn parse_query(query: &str) -> Result<ClientParams, String> {
     let mut key: Option<String> = None;
     let mut gzip: Option<bool> = None;

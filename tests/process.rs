@@ -28,12 +28,26 @@ fn spawn(toml: &str) -> Proc {
 
 /// Like `spawn`, with extra environment variables.
 fn spawn_with(toml: &str, env: &[(&str, &str)]) -> Proc {
+    spawn_limited(toml, env, None)
+}
+
+/// Like `spawn_with`, optionally under `ulimit -n LIMIT` (the shell execs the daemon, so the pid
+/// stays the daemon's).
+fn spawn_limited(toml: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     std::fs::write(path.join("wscast.toml"), toml).unwrap();
     let socket = path.join("notify.sock");
     let notify = UnixDatagram::bind(&socket).unwrap();
-    let child = Command::new(BIN)
+    let mut command = match nofile {
+        None => Command::new(BIN),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(BIN);
+            c
+        }
+    };
+    let child = command
         .arg("--config")
         .arg(path.join("wscast.toml"))
         .env("NOTIFY_SOCKET", &socket)
@@ -229,6 +243,39 @@ async fn sighup_applies_limits_and_names_keys_that_need_a_restart() {
     let (code, stderr) = p.exit().await;
     assert_eq!(code, 0);
     assert!(stderr.contains("keys=server.listen") && stderr.contains("need a restart"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_backs_off_and_recovers() {
+    let p = spawn_limited(&base(""), &[], Some(48));
+    let addr = p.ready().await;
+    // More connections than descriptors: the rest wait in the accept queue while accept fails.
+    let mut hogs = Vec::new();
+    for _ in 0..60 {
+        hogs.push(within("connect", TcpStream::connect(addr)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(hogs);
+    // Once descriptors free up the daemon serves again.
+    let mut ws = within("served after EMFILE", async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let url = url(addr, "ws", "after", false);
+            if let Ok(Ok((ws, _))) =
+                tokio::time::timeout(Duration::from_secs(1), tokio_tungstenite::client_async(url, tcp)).await
+            {
+                return ws;
+            }
+        }
+    })
+    .await;
+    send(&mut ws, "recovered").await;
+    assert_eq!(recv_text(&mut ws).await, "recovered");
+    p.signal("-TERM");
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("accept failed, backing off") && stderr.contains("Too many open files"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
