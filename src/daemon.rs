@@ -37,6 +37,9 @@ pub enum StartError {
     /// The log directory cannot be used.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The sockets passed by systemd cannot be used.
+    #[error("sockets passed by systemd (LISTEN_FDS) cannot be used: {0}")]
+    Inherited(std::io::Error),
     /// A listen address cannot be bound.
     #[error("server.listen = {addr} cannot be bound: {err}")]
     Bind {
@@ -51,7 +54,7 @@ impl StartError {
     /// sysexits code: 78 (EX_CONFIG) for anything the config can fix, 71 (EX_OSERR) otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Bind { .. } => 71,
+            StartError::Bind { .. } | StartError::Inherited(_) => 71,
             _ => 78,
         }
     }
@@ -92,12 +95,18 @@ impl Daemon {
     /// `config_path` is what SIGHUP re-reads (the `--config` argument).
     pub fn bind(config: Config, config_path: Option<PathBuf>, level: Option<LevelHandle>) -> Result<Self, StartError> {
         let acceptor = load_tls(&config)?;
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for &addr in &config.server.listen {
-            let l = listener::bind(addr).map_err(|err| StartError::Bind { addr, err })?;
-            addrs.push(l.local_addr().map_err(|err| StartError::Bind { addr, err })?);
-            listeners.push(l);
+        // Sockets from systemd (wscast.socket) take the place of server.listen: systemd keeps
+        // them open across restarts, so no connect is refused while the daemon is down.
+        let mut listeners = listener::inherited().map_err(StartError::Inherited)?;
+        let inherited = !listeners.is_empty();
+        if !inherited {
+            for &addr in &config.server.listen {
+                listeners.push(listener::bind(addr).map_err(|err| StartError::Bind { addr, err })?);
+            }
+        }
+        let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>().map_err(StartError::Inherited)?;
+        if inherited {
+            info!("serving {} socket(s) passed by systemd; server.listen is not used", listeners.len());
         }
         let (settings, settings_rx) = watch::channel(Arc::new(Settings::new(&config)));
         let (tls, tls_rx) = watch::channel(acceptor);

@@ -31,6 +31,19 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Listening sockets passed by systemd socket activation (`LISTEN_FDS`); empty when none were.
+pub fn inherited() -> io::Result<Vec<TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut listeners = Vec::new();
+    for i in 0..fds.len() {
+        if let Some(l) = fds.take_tcp_listener(i)? {
+            l.set_nonblocking(true)?;
+            listeners.push(TcpListener::from_std(l)?);
+        }
+    }
+    Ok(listeners)
+}
+
 /// Accepts until shutdown; each connection holds one of `permits` for its whole life.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>, permits: Arc<Semaphore>) {
     let mut backoff = Duration::from_millis(5);

@@ -7,6 +7,8 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{self, RollingFileAppender};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing::Level;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
 
 use crate::config::{Log, LogFormat, LogTarget, Rotation};
@@ -68,7 +70,16 @@ pub fn init(log: &Log) -> Result<(Guard, LevelHandle), LogError> {
             let appender = file_appender(log)?;
             // Lossless: under a flood the logging thread waits rather than silently dropping.
             let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(appender);
-            (formatted(fmt::layer().with_writer(writer).with_ansi(false), log.format), Some(guard))
+            let file = formatted(fmt::layer().with_writer(writer).with_ansi(false), log.format);
+            // The lifecycle lines (listening, reload, drain summary) also go to stderr, which
+            // systemd puts in the journal: `systemctl status` shows them next to the unit's state.
+            let lifecycle = fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .without_time()
+                .with_target(false)
+                .with_filter(filter_fn(|m| m.target() == "wscast::daemon" && *m.level() <= Level::INFO));
+            (Box::new(file.and_then(lifecycle)), Some(guard))
         }
         LogTarget::Journald => {
             let layer = tracing_journald::layer().map_err(LogError::Journald)?;
