@@ -111,11 +111,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         match tls {
             None => handshake_and_run(tcp, deadline, &settings, &ctx).await,
             Some(acceptor) => {
-                let tls = tokio::select! {
-                    r = timeout_at(deadline, acceptor.accept(tcp)) => r,
-                    () = ctx.shutdown.closing() => return,
-                };
-                match tls {
+                match timeout_at(deadline, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => handshake_and_run(stream, deadline, &settings, &ctx).await,
                     Ok(Err(e)) => debug!(%e, "tls handshake failed"),
                     Err(_) => debug!("handshake timeout during tls"),
@@ -131,11 +127,9 @@ async fn handshake_and_run<S>(stream: S, deadline: Instant, settings: &Settings,
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let upgraded = tokio::select! {
-        r = timeout_at(deadline, upgrade::accept(stream, &settings.policy, settings.websocket)) => r,
-        () = ctx.shutdown.closing() => return,
-    };
-    let (ws, params) = match upgraded {
+    // A handshake under way when the drain starts still completes (bounded by its deadline): the
+    // client then gets a proper 1001 instead of a cut connection.
+    let (ws, params) = match timeout_at(deadline, upgrade::accept(stream, &settings.policy, settings.websocket)).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(HandshakeError::Rejected(r))) => {
             debug!(status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");

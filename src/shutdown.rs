@@ -47,11 +47,6 @@ impl Shutdown {
         self.stop_reading.cancelled()
     }
 
-    /// Resolves when connections still handshaking must give up.
-    pub fn closing(&self) -> WaitForCancellationFuture<'_> {
-        self.closing.cancelled()
-    }
-
     /// True once clients are being closed.
     pub fn is_closing(&self) -> bool {
         self.closing.is_cancelled()

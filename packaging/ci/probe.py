@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""WebSocket probe run inside the test container (Debian's python3-websockets 10.4).
+
+exchange URL [--ca CA]           two clients (one gzip) exchange a broadcast; prints OK
+send URL TEXT [--ca CA]          one client sends TEXT and waits for its own copy
+hold URL --out FILE [--ca CA]    keeps a connection open, appending OPEN / MSG text / CLOSE code reason
+cert HOST PORT --ca CA           prints the sha256 of the certificate the server shows
+loop URL SECONDS                 connects and disconnects in a loop; prints attempts, refused, failed
+"""
+import argparse, asyncio, gzip, hashlib, socket, ssl, sys, time
+import websockets
+
+TIMEOUT = 10
+
+
+def context(ca):
+    if not ca:
+        return None
+    ctx = ssl.create_default_context(cafile=ca)
+    return ctx
+
+
+async def connect(url, key, gz, ca):
+    query = f"/?specialKey={key}" + ("&support_gzip=1" if gz else "")
+    return await asyncio.wait_for(websockets.connect(url + query, ssl=context(ca), open_timeout=TIMEOUT), TIMEOUT)
+
+
+async def receive(ws, gz):
+    msg = await asyncio.wait_for(ws.recv(), TIMEOUT)
+    if gz:
+        assert isinstance(msg, bytes), f"gzip client got {type(msg)}"
+        return gzip.decompress(msg).decode()
+    assert isinstance(msg, str), f"plain client got {type(msg)}"
+    return msg
+
+
+async def exchange(a):
+    plain = await connect(a.url, "probe-plain", False, a.ca)
+    zipped = await connect(a.url, "probe-gzip", True, a.ca)
+    await asyncio.sleep(0.2)
+    text = "h\u00e9llo from the container \u2713 " + str(time.time())
+    await plain.send(text)
+    got = (await receive(plain, False), await receive(zipped, True))
+    assert got == (text, text), got
+    await plain.close()
+    await zipped.close()
+    print("OK exchange", a.url)
+
+
+async def send(a):
+    ws = await connect(a.url, "probe-sender", False, a.ca)
+    await ws.send(a.text)
+    assert await receive(ws, False) == a.text
+    await ws.close()
+    print("OK send")
+
+
+async def hold(a):
+    with open(a.out, "a", buffering=1) as out:
+        ws = await connect(a.url, "probe-holder", False, a.ca)
+        out.write("OPEN\n")
+        try:
+            while True:
+                out.write(f"MSG {await ws.recv()}\n")
+        except websockets.ConnectionClosed:
+            out.write(f"CLOSE {ws.close_code} {ws.close_reason}\n")
+
+
+def cert(a):
+    ctx = context(a.ca)
+    with socket.create_connection((a.host, a.port), timeout=TIMEOUT) as raw:
+        with ctx.wrap_socket(raw, server_hostname=a.host) as tls:
+            print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+
+
+async def loop(a):
+    attempts = refused = failed = 0
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        attempts += 1
+        try:
+            ws = await connect(a.url, f"loop{attempts % 4}", False, None)
+            await ws.close()
+        except ConnectionRefusedError:
+            refused += 1
+            await asyncio.sleep(0.01)
+        except Exception as e:  # a handshake cut by a restart, a close during the drain...
+            failed += 1
+            await asyncio.sleep(0.01)
+    print(f"attempts {attempts} refused {refused} failed {failed}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("exchange", "send", "hold"):
+        s = sub.add_parser(name)
+        s.add_argument("url")
+        s.add_argument("--ca")
+        if name == "send":
+            s.add_argument("text")
+        if name == "hold":
+            s.add_argument("--out", required=True)
+    s = sub.add_parser("cert")
+    s.add_argument("host")
+    s.add_argument("port", type=int)
+    s.add_argument("--ca", required=True)
+    s = sub.add_parser("loop")
+    s.add_argument("url")
+    s.add_argument("seconds", type=float)
+    a = p.parse_args()
+    if a.cmd == "cert":
+        cert(a)
+    else:
+        asyncio.run({"exchange": exchange, "send": send, "hold": hold, "loop": loop}[a.cmd](a))
+
+
+if __name__ == "__main__":
+    main()
