@@ -110,13 +110,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         let _ = tcp.set_nodelay(true);
         match tls {
             None => handshake_and_run(tcp, deadline, &settings, &ctx).await,
-            Some(acceptor) => {
-                match timeout_at(deadline, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => handshake_and_run(stream, deadline, &settings, &ctx).await,
-                    Ok(Err(e)) => debug!(%e, "tls handshake failed"),
-                    Err(_) => debug!("handshake timeout during tls"),
-                }
-            }
+            Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => handshake_and_run(stream, deadline, &settings, &ctx).await,
+                Ok(Err(e)) => debug!(%e, "tls handshake failed"),
+                Err(_) => debug!("handshake timeout during tls"),
+            },
         }
     }
     .instrument(span)

@@ -104,7 +104,8 @@ impl Daemon {
                 listeners.push(listener::bind(addr).map_err(|err| StartError::Bind { addr, err })?);
             }
         }
-        let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>().map_err(StartError::Inherited)?;
+        let addrs =
+            listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>().map_err(StartError::Inherited)?;
         if inherited {
             info!("serving {} socket(s) passed by systemd; server.listen is not used", listeners.len());
         }

@@ -3,12 +3,12 @@
 
 use std::io::IsTerminal;
 
+use tracing::Level;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{self, RollingFileAppender};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing::Level;
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
 
 use crate::config::{Log, LogFormat, LogTarget, Rotation};
