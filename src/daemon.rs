@@ -94,6 +94,16 @@ impl Daemon {
     /// Loads TLS and binds every listener; nothing serves yet. Must run inside a tokio runtime.
     /// `config_path` is what SIGHUP re-reads (the `--config` argument).
     pub fn bind(config: Config, config_path: Option<PathBuf>, level: Option<LevelHandle>) -> Result<Self, StartError> {
+        // Each connection is a descriptor: take the hard limit (systemd's LimitNOFILE=, or the
+        // shell's) instead of the 1024 soft default, and say so when it is still short.
+        let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+        if (nofile as usize) < config.server.max_connections + 64 {
+            warn!(
+                limit = nofile,
+                "the open-file limit is below server.max_connections ({}); raise LimitNOFILE",
+                config.server.max_connections
+            );
+        }
         let acceptor = load_tls(&config)?;
         // Sockets from systemd (wscast.socket) take the place of server.listen: systemd keeps
         // them open across restarts, so no connect is refused while the daemon is down.

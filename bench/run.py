@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Runs the figures of BENCHMARKS.md: wscast and the baseline, each server pinned to core 0 and
+wscast-bench to core 1, RUNS runs per figure, and prints the medians as a Markdown table.
+
+    python3 bench/run.py            # full run (a few minutes)
+    RUNS=1 QUICK=1 python3 bench/run.py   # smoke test: small numbers, seconds
+
+It prints figures; it never fails on speed. Loopback only.
+"""
+import os, re, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+RUNS = int(os.environ.get("RUNS", "3"))
+QUICK = os.environ.get("QUICK") == "1"
+CORES = os.cpu_count() or 1
+SERVER_CPU, BENCH_CPU = ("0", "1") if CORES > 1 else ("0", "0")
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"server on {port} did not come up")
+
+
+class Server:
+    def __init__(self, kind, tmp, tls=False):
+        self.kind, self.port = kind, 8890 if kind == "baseline" else 8888
+        if kind == "baseline":
+            cmd = [f"{BIN}/wscast-bench", "baseline", "--listen", f"127.0.0.1:{self.port}"]
+        else:
+            cfg = os.path.join(tmp, "bench.toml")
+            with open(cfg, "w") as f:
+                f.write(f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n[log]\nlevel = "warn"\n')
+                if tls:
+                    f.write(f'[tls]\nenabled = true\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n')
+            cmd = [f"{BIN}/wscast", "--config", cfg]
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def bench(server, tmp, *args):
+    cmd = ["taskset", "-c", BENCH_CPU, f"{BIN}/wscast-bench", *args, "--url", server.url, "--server-pid", str(server.proc.pid)]
+    if server.url.startswith("wss"):
+        cmd += ["--ca", f"{tmp}/ca.pem"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    sys.stderr.write(out.stdout)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        return {}
+    return dict(re.findall(r"([a-z_0-9/]+)=([0-9.]+)", out.stdout))
+
+
+def certs(tmp):
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=bench-ca", "-keyout", f"{tmp}/ca.key", "-out", f"{tmp}/ca.pem")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/req.csr")
+    ext = f"{tmp}/ext"
+    open(ext, "w").write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", f"{tmp}/req.csr", "-CA", f"{tmp}/ca.pem", "-CAkey", f"{tmp}/ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", f"{tmp}/cert.pem")
+
+
+def figure(rows, name, kind, tls, key, unit, *args):
+    values = []
+    for _ in range(RUNS):
+        with tempfile.TemporaryDirectory() as tmp:
+            if tls:
+                certs(tmp)
+            s = Server(kind, tmp, tls)
+            try:
+                r = bench(s, tmp, *args)
+            finally:
+                s.stop()
+        if key in r:
+            values.append(float(r[key]))
+    med = statistics.median(values) if values else None
+    rows.append((name, kind + (" wss" if tls else ""), med, unit, values))
+    return med
+
+
+def main():
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "wscast", "-p", "wscast-bench"], cwd=ROOT, check=True)
+    idle_n = "500" if QUICK else "19000"
+    fan_n = "100" if QUICK else "1000"
+    secs = "1" if QUICK else "5"
+    rows = []
+    for kind in ("wscast", "baseline"):
+        figure(rows, "idle ws: RSS per connection", kind, False, "rss_per_connection", "B",
+               "idle", "--clients", idle_n, "--duration", "2")
+    figure(rows, "idle wss: RSS per connection", "wscast", True, "rss_per_connection", "B",
+           "idle", "--clients", idle_n, "--duration", "2")
+    for kind in ("wscast", "baseline"):
+        figure(rows, f"fan-out {fan_n} clients (half gzip), 1 sender, 64 B", kind, False, "frames/s", "frames/s",
+               "fanout", "--clients", fan_n, "--senders", "1", "--duration", secs)
+    figure(rows, f"fan-out {fan_n} clients (half gzip), 1 sender, 64 B", "wscast", True, "frames/s", "frames/s",
+           "fanout", "--clients", fan_n, "--senders", "1", "--duration", secs)
+    for kind in ("wscast", "baseline"):
+        figure(rows, f"fan-out {fan_n} clients, 10 senders, 64 B", kind, False, "frames/s", "frames/s",
+               "fanout", "--clients", fan_n, "--senders", "10", "--duration", secs)
+    for kind in ("wscast", "baseline"):
+        figure(rows, "latency: 100 clients, 1,000 msg/s, p99", kind, False, "p99", "us",
+               "fanout", "--clients", "100", "--senders", "1", "--rate", "1000", "--duration", secs)
+    for kind in ("wscast", "baseline"):
+        figure(rows, "connects/s (plain)", kind, False, "connections/s", "conn/s",
+               "connect", "--duration", secs)
+    figure(rows, "connects/s (TLS)", "wscast", True, "connections/s", "conn/s", "connect", "--duration", secs)
+
+    print(f"\n| figure | server | median of {RUNS} | unit | runs |")
+    print("|---|---|---|---|---|")
+    for name, kind, med, unit, values in rows:
+        shown = "n/a" if med is None else f"{med:,.0f}"
+        print(f"| {name} | {kind} | {shown} | {unit} | {', '.join(f'{v:,.0f}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    main()
