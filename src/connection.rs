@@ -35,7 +35,7 @@ const MAX_BATCH: usize = 64;
 /// Outgoing bytes tungstenite gathers before writing; one flush per batch writes the rest.
 const WRITE_BUFFER: usize = 16 * 1024;
 /// Incoming buffer per connection: small, since most clients are idle most of the time.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 
 /// What every connection shares.
 pub struct Context {
@@ -108,26 +108,40 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         let tls = ctx.tls.borrow().clone();
         let deadline = Instant::now() + settings.handshake_timeout;
         let _ = tcp.set_nodelay(true);
+        // Boxed, and built in statements of their own so no temporary outlives them across an
+        // await: otherwise the TLS layout would size every connection's task, plain ones too.
         match tls {
-            None => handshake_and_run(tcp, deadline, &settings, &ctx).await,
-            Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => handshake_and_run(stream, deadline, &settings, &ctx).await,
-                Ok(Err(e)) => debug!(%e, "tls handshake failed"),
-                Err(_) => debug!("handshake timeout during tls"),
-            },
+            None => {
+                let run = Box::pin(handshake_and_run(tcp, deadline, &settings, &ctx));
+                run.await
+            }
+            Some(acceptor) => {
+                let accept = Box::pin(acceptor.accept(tcp));
+                let stream = match timeout_at(deadline, accept).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return debug!(%e, "tls handshake failed"),
+                    Err(_) => return debug!("handshake timeout during tls"),
+                };
+                let run = Box::pin(handshake_and_run(stream, deadline, &settings, &ctx));
+                run.await
+            }
         }
     }
     .instrument(span)
     .await
 }
 
-async fn handshake_and_run<S>(stream: S, deadline: Instant, settings: &Settings, ctx: &Context)
+#[doc(hidden)]
+pub async fn handshake_and_run<S>(stream: S, deadline: Instant, settings: &Settings, ctx: &Context)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // A handshake under way when the drain starts still completes (bounded by its deadline): the
     // client then gets a proper 1001 instead of a cut connection.
-    let (ws, params) = match timeout_at(deadline, upgrade::accept(stream, &settings.policy, settings.websocket)).await {
+    // The handshake's state is boxed and freed once it is done, so it does not size the future
+    // every open connection keeps for its whole life.
+    let upgrade = Box::pin(timeout_at(deadline, upgrade::accept(stream, &settings.policy, settings.websocket)));
+    let (ws, params) = match upgrade.await {
         Ok(Ok(pair)) => pair,
         Ok(Err(HandshakeError::Rejected(r))) => {
             debug!(status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
@@ -181,7 +195,8 @@ where
     // our side and read until it closes, so our Close frame is not destroyed by a reset.
     if read_end && matches!(ending, Some(Ending::Close(_))) {
         if let Ok(ws) = sink.reunite(stream) {
-            linger(ws.into_inner()).await;
+            let lingering = Box::pin(linger(ws.into_inner()));
+            lingering.await;
         }
     }
 }
@@ -294,7 +309,8 @@ async fn write_loop<S>(
         sink.send(Message::Close(Some(frame.clone()))).await
     };
     // A client that does not read cannot hold its task (or its socket) past the grace period.
-    match timeout(CLOSE_GRACE, closing).await {
+    // Boxed: closing happens once, and inline it would enlarge every idle connection.
+    match timeout(CLOSE_GRACE, Box::pin(closing)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(%e, "could not send the close frame"),
         Err(_) => debug!("close frame not delivered within the grace period"),
@@ -368,7 +384,7 @@ fn log_error(e: &WsError) {
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let _ = timeout(CLOSE_GRACE, async {
         stream.shutdown().await?;
-        let mut buf = [0u8; 1024];
+        let mut buf = vec![0u8; 1024];
         while stream.read(&mut buf).await? > 0 {}
         std::io::Result::Ok(())
     })

@@ -138,6 +138,11 @@ impl Daemon {
         &self.addrs
     }
 
+    #[doc(hidden)]
+    pub fn context_for_tests(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
     /// The registry, for observing connection counts.
     pub fn registry(&self) -> Arc<Registry> {
         self.ctx.registry.clone()

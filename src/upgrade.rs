@@ -122,14 +122,16 @@ enum HeadError {
 /// Reads until the blank line that ends the head; returns the head's length (the buffer may
 /// hold more).
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<usize, HeadError> {
-    let mut chunk = [0u8; 1024];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(HeadError::Io)?;
+        let searched = buf.len().saturating_sub(3);
+        if buf.capacity() == buf.len() {
+            buf.reserve(1024);
+        }
+        // Straight into the Vec: a stack buffer here would be part of every connection's task.
+        let n = stream.read_buf(buf).await.map_err(HeadError::Io)?;
         if n == 0 {
             return Err(HeadError::Eof);
         }
-        let searched = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
         if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
             return Ok(searched + pos + 4);
         }
@@ -155,7 +157,7 @@ async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, r: Rejection) 
         stream.shutdown().await?;
         // Read what the client still sends until it closes, so our close is a FIN after the
         // answer and not a reset that could destroy it; bounded by the handshake deadline.
-        let mut sink = [0u8; 512];
+        let mut sink = vec![0u8; 512];
         while stream.read(&mut sink).await? > 0 {}
         io::Result::Ok(())
     }

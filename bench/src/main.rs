@@ -193,7 +193,8 @@ async fn fanout(
     for i in 0..n {
         let gzip = i >= senders && i % gzip_every == 0;
         gzip_count += gzip as usize;
-        let (stream, early) = client::connect(&target, i, &format!("b{i}"), gzip).await.map_err(|e| format!("client {i}: {e}"))?;
+        let (stream, early) =
+            client::connect(&target, i, &format!("b{i}"), gzip).await.map_err(|e| format!("client {i}: {e}"))?;
         let (reader, writer) = tokio::io::split(stream);
         let own = windows.get(i).cloned();
         tokio::task::spawn_local(receive(fan.clone(), reader, early, gzip, i, own));
@@ -389,7 +390,12 @@ async fn idle(server: &Server, n: usize, duration: Duration) -> Result<(), Strin
     let connect_time = t0.elapsed();
     tokio::time::sleep(duration).await;
     let after = pid.as_deref().and_then(sys::rss);
-    println!("idle {}: {n} connections open (connected in {:.1}s), held {:.1}s", server.url, connect_time.as_secs_f64(), duration.as_secs_f64());
+    println!(
+        "idle {}: {n} connections open (connected in {:.1}s), held {:.1}s",
+        server.url,
+        connect_time.as_secs_f64(),
+        duration.as_secs_f64()
+    );
     if let (Some(b), Some(a)) = (before, after) {
         println!(
             "  server_rss_before={}KiB server_rss_after={}KiB rss_per_connection={:.0}B (user memory; kernel socket buffers not counted)",

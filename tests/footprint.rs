@@ -1,0 +1,25 @@
+//! Guards the per-connection footprint: the futures every open connection keeps alive. Sizes are
+//! deterministic for a given compiler, so this is not a timing test. The bounds leave headroom;
+//! a failure means something large (a TLS stream, a buffer, a handshake state) ended up inline in
+//! the long-lived part of a connection.
+
+mod common;
+
+use std::mem::size_of_val;
+
+#[tokio::test]
+async fn connection_futures_stay_small() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connect = || {
+        let s = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        s.set_nonblocking(true).unwrap();
+        tokio::net::TcpStream::from_std(s).unwrap()
+    };
+    let daemon = wscast::daemon::Daemon::bind(common::config(), None, None).unwrap();
+    let ctx = daemon.context_for_tests();
+    let serve = wscast::connection::serve(connect(), "127.0.0.1:1".parse().unwrap(), ctx.clone());
+    assert!(size_of_val(&serve) <= 512, "serve future is {} bytes", size_of_val(&serve));
+    let settings = wscast::connection::Settings::new(&common::config());
+    let run = wscast::connection::handshake_and_run(connect(), tokio::time::Instant::now(), &settings, &ctx);
+    assert!(size_of_val(&run) <= 2048, "handshake_and_run future is {} bytes", size_of_val(&run));
+}
