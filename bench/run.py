@@ -121,10 +121,23 @@ def main():
                "connect", "--duration", secs)
     figure(rows, "connects/s (TLS)", "wscast", True, "connections/s", "conn/s", "connect", "--duration", secs)
 
+    stuck_secs = "3" if QUICK else "30"
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Server("wscast", tmp)
+        try:
+            r = bench(s, tmp, "fanout", "--clients", "100", "--rate", "1000", "--size", "1024",
+                      "--duration", stuck_secs, "--stuck", "1")
+        finally:
+            s.stop()
+    rows.append(("one never-reading client, 1,000 msg/s of 1 KiB: server peak RSS", "wscast",
+                 float(r.get("server_peak_rss", "nan")), "KiB", []))
+    rows.append(("  ... the never-reading client closed by the server (1 = yes)", "wscast",
+                 float(r.get("closed_without_frame", 0)) + float(r.get("cut_off_4001", 0)), "", []))
+
     print(f"\n| figure | server | median of {RUNS} | unit | runs |")
     print("|---|---|---|---|---|")
     for name, kind, med, unit, values in rows:
-        shown = "n/a" if med is None else f"{med:,.0f}"
+        shown = "n/a" if med is None or med != med else f"{med:,.0f}"
         print(f"| {name} | {kind} | {shown} | {unit} | {', '.join(f'{v:,.0f}' for v in values)} |")
 
 

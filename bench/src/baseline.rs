@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 type Clients = Arc<Mutex<HashMap<String, (bool, mpsc::UnboundedSender<Message>)>>>;
 
 /// Serves until killed.
+// tungstenite's handshake callback signature fixes the large error type.
+#[allow(clippy::result_large_err)]
 pub async fn serve(listen: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     println!("baseline listening on ws://{}", listener.local_addr()?);

@@ -67,6 +67,10 @@ enum Mode {
         /// Seconds of load.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Extra clients that never read: reports whether the server cut them off (4001) and
+        /// the server's peak RSS.
+        #[arg(long, default_value_t = 0)]
+        stuck: usize,
     },
     /// Hold N idle connections; with --server-pid, report the server's RSS per connection.
     Idle {
@@ -113,8 +117,9 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, async move {
         match cli.mode {
-            Mode::Fanout { server, clients, gzip, senders, rate, window, size, duration } => {
-                fanout(&server, clients, gzip, senders, rate, window, size.max(28), secs(duration)).await
+            Mode::Fanout { server, clients, gzip, senders, rate, window, size, duration, stuck } => {
+                let load = Load { n: clients, gzip, senders, rate, window, size: size.max(28), stuck };
+                fanout(&server, load, secs(duration)).await
             }
             Mode::Idle { server, clients, duration } => idle(&server, clients, secs(duration)).await,
             Mode::Connect { server, concurrency, duration } => connect(&server, concurrency, secs(duration)).await,
@@ -163,17 +168,19 @@ fn check(fan: &Fan, text: &[u8]) -> Option<(u64, usize)> {
     Some((hex(&text[..16])?, hex(&text[16..20])? as usize))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fanout(
-    server: &Server,
+/// The shape of a fan-out run.
+struct Load {
     n: usize,
-    gzip_share: f64,
+    gzip: f64,
     senders: usize,
     rate: u64,
     window: usize,
     size: usize,
-    duration: Duration,
-) -> Result<(), String> {
+    stuck: usize,
+}
+
+async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), String> {
+    let Load { n, gzip: gzip_share, senders, rate, window, size, stuck } = load;
     let target = Target::new(&server.url, server.ca.as_deref())?;
     let senders = senders.clamp(1, n);
     let fan = Rc::new(Fan {
@@ -202,6 +209,22 @@ async fn fanout(
             writers.push(writer);
         }
     }
+    let mut stuck_clients = Vec::new();
+    for j in 0..stuck {
+        let i = n + j;
+        let c = client::connect(&target, i, &format!("stuck{j}"), false).await.map_err(|e| format!("stuck {j}: {e}"))?;
+        stuck_clients.push(c);
+    }
+    let peak_rss = Rc::new(AtomicU64::new(0));
+    if let Some(pid) = server.server_pid {
+        let (peak, fan) = (peak_rss.clone(), fan.clone());
+        tokio::task::spawn_local(async move {
+            while !fan.stop.load(Relaxed) {
+                peak.fetch_max(sys::rss(&pid.to_string()).unwrap_or(0), Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    }
     // Let the last registrations land before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let meter = sys::CpuMeter::start();
@@ -227,6 +250,7 @@ async fn fanout(
     }
     // Wait for stragglers, then count what never came.
     let expected = fan.sent.load(Relaxed) * n as u64;
+    let stuck_report = stuck_outcome(stuck_clients).await;
     let settle = Instant::now();
     while fan.delivered.load(Relaxed) - delivered0 < expected && settle.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -256,11 +280,47 @@ async fn fanout(
         h.max(),
         h.len()
     );
+    if stuck > 0 {
+        println!("  stuck_clients={stuck} {stuck_report} server_peak_rss={}KiB", peak_rss.load(Relaxed) / 1024);
+    }
     report_cpu(bench_cpu, server_share);
     if fan.invalid.load(Relaxed) > 0 {
         return Err("some payloads did not match what was sent".into());
     }
     Ok(())
+}
+
+/// Reads what each never-reading client was sent, up to the end: a Close code, a bare close, or
+/// still open.
+async fn stuck_outcome(clients: Vec<(Stream, Vec<u8>)>) -> String {
+    let (mut cut_4001, mut other_close, mut closed, mut open) = (0, 0, 0, 0);
+    for (mut stream, mut buf) in clients {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let mut pos = 0;
+                while let Some((frame, len)) = client::parse(&buf[pos..]) {
+                    if frame.opcode == 8 {
+                        return Some(frame.payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(0));
+                    }
+                    pos += len;
+                }
+                buf.drain(..pos);
+                buf.reserve(64 * 1024);
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Some(4001)) => cut_4001 += 1,
+            Ok(Some(_)) => other_close += 1,
+            Ok(None) => closed += 1,
+            Err(_) => open += 1,
+        }
+    }
+    format!("cut_off_4001={cut_4001} other_close={other_close} closed_without_frame={closed} still_open={open}")
 }
 
 fn report_cpu(bench: f64, server: Option<f64>) {
@@ -327,7 +387,7 @@ async fn receive(
                 1 if !gzip => frame.payload,
                 2 if gzip => {
                     count += 1;
-                    if count % SAMPLE != 0 {
+                    if !count.is_multiple_of(SAMPLE) {
                         fan.delivered.fetch_add(1, Relaxed);
                         continue;
                     }
@@ -355,7 +415,7 @@ async fn receive(
                             w.add_permits(1);
                         }
                     }
-                    if gzip || count % SAMPLE == 0 {
+                    if gzip || count.is_multiple_of(SAMPLE) {
                         fan.validated.fetch_add(1, Relaxed);
                     }
                 }
