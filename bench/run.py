@@ -14,6 +14,7 @@ BIN = os.path.join(ROOT, "target", "release")
 RUNS = int(os.environ.get("RUNS", "3"))
 QUICK = os.environ.get("QUICK") == "1"
 CORES = os.cpu_count() or 1
+FAILED = []  # bench commands that errored (a broken tool fails the run; a slow server never does)
 SERVER_CPU, BENCH_CPU = ("0", "1") if CORES > 1 else ("0", "0")
 
 
@@ -60,6 +61,7 @@ def bench(server, tmp, *args):
     sys.stderr.write(out.stdout)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
+        FAILED.append(" ".join(args))
         return {}
     return dict(re.findall(r"([a-z_0-9/]+)=([0-9.]+)", out.stdout))
 
@@ -143,3 +145,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+    if FAILED:
+        sys.exit("wscast-bench failed: " + "; ".join(FAILED))

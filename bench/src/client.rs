@@ -91,13 +91,11 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Source address for connection `i`: past ~25k connections one source IP runs out of
-/// ephemeral ports, so spread over 127.0.0.1..=127.0.0.250 (loopback only).
+/// Source address for connection `i`: one source IP has ~28k ephemeral ports, so spread
+/// connections over 127.0.0.1..=127.0.0.250 (loopback only).
 fn source_for(i: usize, server: SocketAddr) -> Option<SocketAddr> {
     match server.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() && i >= 20_000 => {
-            Some(SocketAddr::from(([127, 0, 0, 1 + ((i / 20_000) % 250) as u8], 0)))
-        }
+        IpAddr::V4(ip) if ip.is_loopback() => Some(SocketAddr::from(([127, 0, 0, 1 + (i % 250) as u8], 0))),
         _ => None,
     }
 }
@@ -109,6 +107,10 @@ pub async fn connect(target: &Target, i: usize, key: &str, gzip: bool) -> io::Re
     if let Some(src) = source_for(i, target.addr) {
         socket.bind(src)?;
     }
+    // Close with a reset: a connect storm would otherwise fill the ports with TIME_WAIT.
+    // (Deprecated because a non-zero linger blocks on drop; a zero linger never does.)
+    #[allow(deprecated)]
+    socket.set_linger(Some(std::time::Duration::ZERO))?;
     let tcp = socket.connect(target.addr).await?;
     tcp.set_nodelay(true)?;
     let mut stream = match &target.tls {

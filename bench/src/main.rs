@@ -497,6 +497,7 @@ async fn connect(server: &Server, concurrency: usize, duration: Duration) -> Res
     let failed = Rc::new(AtomicU64::new(0));
     let next = Rc::new(AtomicU64::new(0));
     let meter = sys::CpuMeter::start();
+    let server_cpu = server.server_pid.and_then(|p| sys::cpu_time(&p.to_string()));
     let deadline = Instant::now() + duration;
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -527,6 +528,16 @@ async fn connect(server: &Server, concurrency: usize, duration: Duration) -> Res
         done.load(Relaxed),
         failed.load(Relaxed)
     );
-    report_cpu(meter.share(), None);
+    let server_share = server.server_pid.and_then(|p| {
+        let now = sys::cpu_time(&p.to_string())?;
+        Some(now.saturating_sub(server_cpu?).as_secs_f64() / secs)
+    });
+    if let Some(share) = server_share.filter(|s| *s > 0.0) {
+        println!(
+            "  server_capacity_estimate={:.0} connections/s per core (rate / server CPU share)",
+            done.load(Relaxed) as f64 / secs / share
+        );
+    }
+    report_cpu(meter.share(), server_share);
     Ok(())
 }
