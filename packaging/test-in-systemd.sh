@@ -33,9 +33,10 @@ need openssl openssl
 
 if [ ! -f "$TARBALL" ]; then
     say "building the $SUITE rootfs (cached afterwards as $TARBALL)"
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$mirror" ] || die "no apt mirror found in /etc/apt"
+    # The mirror apt already uses (debootstrap takes only http(s) URIs, not mirror+file: ones).
+    mirror=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+        grep -oE 'https?://[^ ]*debian/?( |$)' | grep -v security | head -1 | tr -d ' ' || true)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
     build=$(mktemp -d /var/tmp/wscast-rootfs.XXXXXX)
     debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$build/root" "$mirror" >"$build/log" 2>&1 ||
         { tail -20 "$build/log"; die "debootstrap"; }
@@ -144,6 +145,11 @@ inside grep -q OPEN /run/hold.log || die "holding connection did not open"
 [ "$(probe cert 127.0.0.1 8888 --ca /mnt/in/ca.pem)" = "$(cat "$IN/fp1")" ] || die "first certificate not served"
 for f in cert key; do inside install -m 0640 -o root -g wscast "/mnt/in/${f}2.pem" "/etc/wscast/tls/$f.pem"; done
 inside systemctl reload wscast || die "reload after renewing the certificate"
+# systemd 252 has no notify-reload: `reload` returns once SIGHUP is sent, so poll for the swap.
+for _ in $(seq 50); do
+    [ "$(probe cert 127.0.0.1 8888 --ca /mnt/in/ca.pem)" = "$(cat "$IN/fp2")" ] && break
+    sleep 0.1
+done
 [ "$(probe cert 127.0.0.1 8888 --ca /mnt/in/ca.pem)" = "$(cat "$IN/fp2")" ] || die "renewed certificate not served"
 probe send wss://127.0.0.1:8888 after-reload --ca /mnt/in/ca.pem >/dev/null || die "send after reload"
 for _ in $(seq 50); do inside grep -q "MSG after-reload" /run/hold.log && break; sleep 0.1; done
@@ -159,6 +165,10 @@ ok "reload: new certificate for new handshakes, open connection kept; broken con
 while [ "$(date +%M)" = "$LOG_START_MINUTE" ]; do sleep 1; done
 sleep 1
 inside systemctl reload wscast || die "reload for a log line"
+for _ in $(seq 50); do
+    inside sh -c 'grep -q "configuration reloaded" $(ls /var/log/wscast/wscast.log.* | sort | tail -1)' && break
+    sleep 0.1
+done
 files=$(inside sh -c 'ls /var/log/wscast/ | grep -c "^wscast.log.20"')
 [ "$files" -ge 2 ] || die "expected two minutely log files, found: $(inside ls /var/log/wscast)"
 inside sh -c 'grep -q "configuration reloaded" $(ls /var/log/wscast/wscast.log.* | sort | tail -1)' ||
@@ -176,7 +186,8 @@ for _ in $(seq 50); do inside grep -q "^CLOSE" /run/hold.log && break; sleep 0.1
 inside grep -q "^CLOSE 1001 server shutting down" /run/hold.log || die "close frame: $(inside tail -1 /run/hold.log)"
 [ "$(prop Result)" = success ] || die "Result=$(prop Result)"
 [ "$(prop ExecMainStatus)" = 0 ] || die "ExecMainStatus=$(prop ExecMainStatus)"
-inside journalctl --no-pager -u wscast | grep -q "drained 1, cut off 0" || die "no drain summary in the journal"
+journal=$(inside journalctl --no-pager -u wscast)
+grep -q "drained 1, cut off 0" <<<"$journal" || die "no drain summary in the journal"
 ok "stop: client got 1001, Result=success, status 0, journal: 'drained 1, cut off 0'"
 
 # 6. Upgrade: the daemon restarts on the new version; the edited conffile is kept.
@@ -215,7 +226,12 @@ without=$(restart_loop)
 inside systemctl stop wscast
 inside systemctl enable --now wscast.socket >/dev/null 2>&1
 inside systemctl start wscast
-inside journalctl --no-pager -u wscast -n 20 | grep -q "socket(s) passed by systemd" || die "daemon did not take the socket"
+for _ in $(seq 50); do
+    journal=$(inside journalctl --no-pager -u wscast -n 20)
+    grep -q "socket(s) passed by systemd" <<<"$journal" && break
+    sleep 0.1
+done
+grep -q "socket(s) passed by systemd" <<<"$journal" || die "daemon did not take the socket"
 with=$(restart_loop)
 refused_with=$(awk '{print $4}' <<<"$with")
 say "restart loop without wscast.socket: $without"

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -23,7 +23,7 @@ use tracing::{debug, warn, Instrument};
 use crate::broadcast::{Broadcaster, Frames};
 use crate::config::Config;
 use crate::gzip::{self, InflateError};
-use crate::registry::{Client, Control, Ending, Registry, TOO_SLOW};
+use crate::registry::{Client, Control, Ending, Registry, REPLACED, TOO_SLOW};
 use crate::shutdown::{Shutdown, GOING_AWAY};
 use crate::tls::CurrentTls;
 use crate::upgrade::{self, HandshakeError, Policy};
@@ -173,7 +173,8 @@ where
         let unregister = || {
             ctx.registry.unregister(&params.key, id);
         };
-        let writer = write_loop(&mut sink, rx, &control, params.gzip, settings.ping_interval, &unregister);
+        let writer =
+            write_loop(&mut sink, rx, &control, params.gzip, settings.ping_interval, &unregister, &ctx.shutdown);
         tokio::pin!(reader, writer);
         tokio::select! {
         end = &mut reader => {
@@ -239,8 +240,12 @@ where
             // then ends the stream. Any of them proves the peer alive.
             Some(Ok(_)) => continue,
         };
-        if accepting.is_some() && control.ending().is_none() {
+        // A replaced client sent this before it could know: it is still delivered. After any
+        // other ending, or once the drain stopped reading, the message was never accepted.
+        if accepting.is_some() && control.ending().is_none_or(is_replaced) {
             ctx.broadcaster.publish(text);
+        } else {
+            debug!("message after the connection began closing: not accepted");
         }
     }
 }
@@ -253,6 +258,7 @@ async fn write_loop<S>(
     gzip: bool,
     ping_interval: Duration,
     unregister: &(dyn Fn() + Sync),
+    shutdown: &Shutdown,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -308,12 +314,17 @@ async fn write_loop<S>(
         }
         sink.send(Message::Close(Some(frame.clone()))).await
     };
-    // A client that does not read cannot hold its task (or its socket) past the grace period.
+    // A client that does not read cannot hold its task (or its socket) past the grace period;
+    // at shutdown the grace is what is left of the drain timeout, so a backlog can still flush.
+    let grace = match shutdown.deadline() {
+        Some(deadline) if code == GOING_AWAY.0 => deadline.saturating_duration_since(Instant::now()),
+        _ => CLOSE_GRACE,
+    };
     // Boxed: closing happens once, and inline it would enlarge every idle connection.
-    match timeout(CLOSE_GRACE, Box::pin(closing)).await {
+    match timeout(grace, Box::pin(closing)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(%e, "could not send the close frame"),
-        Err(_) => debug!("close frame not delivered within the grace period"),
+        Err(_) => warn!(code, "closing did not complete in time; queued messages for this client were dropped"),
     }
 }
 
@@ -341,12 +352,18 @@ where
     r
 }
 
+fn is_replaced(ending: &Ending) -> bool {
+    matches!(ending, Ending::Close(f) if u16::from(f.code) == REPLACED)
+}
+
 /// The Close frame for a reader error; I/O errors mean the peer is gone.
 fn ending_for(e: WsError) -> Ending {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => close_with(CloseCode::Size, &"message too big"),
         WsError::Capacity(e) => close_with(CloseCode::Size, &e),
         WsError::Utf8(_) => close_with(CloseCode::Invalid, &"invalid utf-8 in text message"),
+        // The peer vanished without a Close: nothing to answer.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Dead("reset by peer"),
         WsError::Protocol(p) => close_with(CloseCode::Protocol, &p),
         other => {
             log_error(&other);

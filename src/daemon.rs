@@ -212,17 +212,13 @@ impl Daemon {
     /// the old config whole if anything in the new one is wrong.
     fn reload(&mut self) {
         notify::reloading();
-        let new = match config::load(self.config_path.as_deref()).map_err(StartError::from).and_then(|c| {
-            let tls = load_tls(&c)?;
-            Ok((c, tls))
-        }) {
-            Ok(pair) => pair,
+        let mut new = match config::load(self.config_path.as_deref()) {
+            Ok(c) => c,
             Err(e) => {
                 error!("reload failed, keeping the running configuration: {e}");
                 return;
             }
         };
-        let (mut new, acceptor) = new;
         let old = &self.config;
         let mut restart = Vec::new();
         macro_rules! keep_old {
@@ -243,6 +239,14 @@ impl Daemon {
             log.max_files,
             log.format
         );
+        // After keep_old!: a reload never switches TLS on or off, only swaps the certificate.
+        let acceptor = match load_tls(&new) {
+            Ok(a) => a,
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        };
         if !restart.is_empty() {
             warn!(keys = %restart.join(", "), "changed keys need a restart to take effect");
         }

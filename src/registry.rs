@@ -82,12 +82,25 @@ pub struct Client {
 }
 
 /// All registered connections by key, with counters that are cheap to read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     clients: DashMap<Box<str>, Client>,
     next_id: AtomicU64,
     count: AtomicUsize,
     gzip_count: AtomicUsize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            // Many shards: a fan-out holds each shard's read lock while it queues to that shard's
+            // clients, and registrations wait for it; smaller shards mean shorter waits.
+            clients: DashMap::with_shard_amount(256),
+            next_id: AtomicU64::default(),
+            count: AtomicUsize::default(),
+            gzip_count: AtomicUsize::default(),
+        }
+    }
 }
 
 impl Registry {

@@ -5,6 +5,7 @@
 //! in every queue before the queues are drained: nothing accepted is lost.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,6 +26,7 @@ pub struct Shutdown {
     closing: CancellationToken,
     readers: TaskTracker,
     connections: TaskTracker,
+    deadline: OnceLock<Instant>,
 }
 
 /// What a drain achieved, for the `drained N, cut off M` line.
@@ -47,6 +49,11 @@ impl Shutdown {
         self.stop_reading.cancelled()
     }
 
+    /// When the drain gives up, once it has begun.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.get().copied()
+    }
+
     /// True once clients are being closed.
     pub fn is_closing(&self) -> bool {
         self.closing.is_cancelled()
@@ -67,9 +74,10 @@ impl Shutdown {
 
     /// Runs the phases; returns when every connection is gone or the deadline passed.
     pub async fn drain(&self, registry: &Registry, timeout: Duration) -> DrainReport {
-        let deadline = Instant::now() + timeout;
+        let deadline = *self.deadline.get_or_init(|| Instant::now() + timeout);
         self.stop_accepting.cancel();
-        let open = registry.len();
+        // Counted as tasks, like the cut-off ones: handshakes and closing connections included.
+        let open = self.connections.len();
         self.stop_reading.cancel();
         self.readers.close();
         let _ = tokio::time::timeout_at(deadline, self.readers.wait()).await;

@@ -135,6 +135,11 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> R
         if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
             return Ok(searched + pos + 4);
         }
+        // httparse also accepts bare LF line ends; without this such a head would wait for the
+        // deadline instead of getting an answer.
+        if let Some(pos) = buf[searched.saturating_sub(1)..].windows(2).position(|w| w == b"\n\n") {
+            return Ok(searched.saturating_sub(1) + pos + 2);
+        }
         if buf.len() > MAX_HEAD {
             return Err(HeadError::TooLarge);
         }
@@ -173,16 +178,25 @@ async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, r: Rejection) 
 pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rejection> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
+    let generic_hint = format!("connect with {}://HOST:PORT{}?specialKey=YOUR_KEY", policy.scheme, policy.path);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => unreachable!("the head ends with a blank line"),
+        // httparse skips leading blank lines, so a head of nothing but line ends is "partial".
+        Ok(httparse::Status::Partial) => {
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("empty HTTP request: {generic_hint}")))
+        }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Rejection::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("more than {MAX_HEADERS} header fields"),
             ))
         }
-        Err(e) => return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("not a valid HTTP request: {e}"))),
+        Err(e) => {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!("not a valid HTTP request ({e}): {generic_hint}"),
+            ))
+        }
     }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -196,8 +210,8 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
         return Err(Rejection::new(StatusCode::NOT_FOUND, format!("no WebSocket endpoint at {path}: {hint}")));
     }
     if req.method != Some("GET") {
-        let mut r = Rejection::new(StatusCode::METHOD_NOT_ALLOWED, format!("only GET upgrades: {hint}"));
-        r.header = Some(("Allow", "GET"));
+        let mut r = Rejection::new(StatusCode::UPGRADE_REQUIRED, format!("only a GET upgrades: {hint}"));
+        r.header = Some(("Upgrade", "websocket"));
         return Err(r);
     }
     let has_token = |name: &str, token: &str| {
@@ -209,7 +223,8 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
         return Err(r);
     }
     if header("Sec-WebSocket-Version") != Some("13") {
-        let mut r = Rejection::new(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported");
+        let mut r =
+            Rejection::new(StatusCode::UPGRADE_REQUIRED, format!("only WebSocket version 13 is supported: {hint}"));
         r.header = Some(("Sec-WebSocket-Version", "13"));
         return Err(r);
     }
@@ -353,7 +368,9 @@ mod tests {
         assert_eq!(status(&request("/chat?specialKey=a", ""), &any), 404);
         assert_eq!(status(&request("/?support_gzip=1", ""), &any), 400);
         assert_eq!(status(b"GET /?specialKey=a HTTP/1.1\r\nHost: h\r\n\r\n", &any), 426);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nHost: h\r\n\r\n", &any), 405);
+        assert_eq!(status(b"POST / HTTP/1.1\r\nHost: h\r\n\r\n", &any), 426);
+        assert_eq!(status(b"\r\n\r\n", &any), 400, "only line ends: partial for httparse");
+        assert_eq!(status(b"GET / HTTP/1.0\n\n", &any), 426, "bare LF line ends parse");
         assert_eq!(status(b"\x16\x03\x01 garbage\r\n\r\n", &any), 400);
         let old = String::from_utf8(request("/?specialKey=a", "")).unwrap().replace("Version: 13", "Version: 8");
         assert_eq!(status(old.as_bytes(), &any), 426);

@@ -232,7 +232,10 @@ async fn sighup_swaps_the_certificate_for_new_handshakes_and_keeps_open_connecti
 async fn sighup_applies_limits_and_names_keys_that_need_a_restart() {
     let p = spawn(&base("[websocket]\nmax_message_size = \"64KiB\"\n"));
     let addr = p.ready().await;
-    let config = base("[websocket]\nmax_message_size = \"1KiB\"\n").replace("127.0.0.1:0", "127.0.0.1:1");
+    // Turning TLS on is a restart-only change: the reload must neither fail on the missing
+    // certificate nor switch the running plain listener to TLS.
+    let config = base("[websocket]\nmax_message_size = \"1KiB\"\n[tls]\nenabled = true\ncert = \"/nonexistent.pem\"\n")
+        .replace("127.0.0.1:0", "127.0.0.1:1");
     std::fs::write(p.dir.join("wscast.toml"), config).unwrap();
     p.signal("-HUP");
     p.until("READY=1").await;
@@ -242,7 +245,8 @@ async fn sighup_applies_limits_and_names_keys_that_need_a_restart() {
     p.signal("-TERM");
     let (code, stderr) = p.exit().await;
     assert_eq!(code, 0);
-    assert!(stderr.contains("keys=server.listen") && stderr.contains("need a restart"), "{stderr}");
+    assert!(stderr.contains("keys=server.listen, tls.enabled") && stderr.contains("need a restart"), "{stderr}");
+    assert!(stderr.contains("configuration reloaded"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

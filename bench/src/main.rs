@@ -212,7 +212,8 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
     let mut stuck_clients = Vec::new();
     for j in 0..stuck {
         let i = n + j;
-        let c = client::connect(&target, i, &format!("stuck{j}"), false).await.map_err(|e| format!("stuck {j}: {e}"))?;
+        let c =
+            client::connect(&target, i, &format!("stuck{j}"), false).await.map_err(|e| format!("stuck {j}: {e}"))?;
         stuck_clients.push(c);
     }
     let peak_rss = Rc::new(AtomicU64::new(0));
