@@ -56,6 +56,12 @@ pub struct Server {
     pub handshake_timeout: Duration,
     /// Browser origins allowed to connect; empty means any.
     pub allowed_origins: Vec<String>,
+    /// Open connections per client IP at most; 0 means no limit.
+    pub max_connections_per_ip: usize,
+    /// Addresses exempt from the per-IP limit (proxies, load balancers).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// New connections admitted per second over the whole daemon; 0 means no limit.
+    pub max_handshakes_per_second: u32,
 }
 
 /// `[tls]`
@@ -86,6 +92,10 @@ pub struct WebSocket {
     pub idle_timeout: Duration,
     /// Deflate level for gzip clients, 0 (store) to 9 (smallest).
     pub gzip_level: u32,
+    /// Messages a client may send per second on average; 0 means no limit.
+    pub max_messages_per_second: u32,
+    /// Messages a client may send at once above that rate; 0 means as many as one second's worth.
+    pub message_burst: u32,
 }
 
 /// `[log]`
@@ -163,6 +173,9 @@ impl Default for Server {
             max_connections: 200_000,
             handshake_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            max_connections_per_ip: 0,
+            trusted_proxies: Vec::new(),
+            max_handshakes_per_second: 0,
         }
     }
 }
@@ -181,6 +194,8 @@ impl Default for WebSocket {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             gzip_level: 6,
+            max_messages_per_second: 0,
+            message_burst: 0,
         }
     }
 }

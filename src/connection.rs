@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn, Instrument};
 
+use crate::admission::{Admission, Limits};
 use crate::broadcast::{Broadcaster, Frames};
 use crate::config::Config;
 use crate::gzip::{self, InflateError};
@@ -39,6 +40,8 @@ const READ_BUFFER: usize = 1024;
 
 /// What every connection shares.
 pub struct Context {
+    /// Per-IP and handshake-rate admission.
+    pub admission: Admission,
     /// Connections by key.
     pub registry: Arc<Registry>,
     /// Fan-out.
@@ -68,6 +71,10 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// `websocket.max_message_size`, also the cap on inflated gzip.
     pub max_message_size: usize,
+    /// Admission limits.
+    pub admission: Limits,
+    /// `websocket.max_messages_per_second` and the burst, when limited.
+    pub message_rate: Option<(f64, f64)>,
 }
 
 impl Settings {
@@ -94,6 +101,15 @@ impl Settings {
             ping_interval: config.websocket.ping_interval,
             idle_timeout: config.websocket.idle_timeout,
             max_message_size: max,
+            admission: Limits::new(config),
+            message_rate: (config.websocket.max_messages_per_second > 0).then(|| {
+                let rate = f64::from(config.websocket.max_messages_per_second);
+                let burst = match config.websocket.message_burst {
+                    0 => rate,
+                    b => f64::from(b),
+                };
+                (rate, burst)
+            }),
         }
     }
 }
@@ -112,7 +128,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
         // await: otherwise the TLS layout would size every connection's task, plain ones too.
         match tls {
             None => {
-                let run = Box::pin(handshake_and_run(tcp, deadline, &settings, &ctx));
+                let run = Box::pin(handshake_and_run(tcp, peer, deadline, &settings, &ctx));
                 run.await
             }
             Some(acceptor) => {
@@ -122,7 +138,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
                     Ok(Err(e)) => return debug!(%e, "tls handshake failed"),
                     Err(_) => return debug!("handshake timeout during tls"),
                 };
-                let run = Box::pin(handshake_and_run(stream, deadline, &settings, &ctx));
+                let run = Box::pin(handshake_and_run(stream, peer, deadline, &settings, &ctx));
                 run.await
             }
         }
@@ -132,10 +148,20 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
 }
 
 #[doc(hidden)]
-pub async fn handshake_and_run<S>(stream: S, deadline: Instant, settings: &Settings, ctx: &Context)
+pub async fn handshake_and_run<S>(stream: S, peer: SocketAddr, deadline: Instant, settings: &Settings, ctx: &Context)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Held for the connection's life: its place in the per-IP count.
+    let _slot = match ctx.admission.admit(peer.ip(), &settings.admission) {
+        Ok(slot) => slot,
+        Err(r) => {
+            debug!(reason = %r.reason, "not admitted");
+            let refuse = Box::pin(timeout_at(deadline, upgrade::reject(stream, r)));
+            let _ = refuse.await;
+            return;
+        }
+    };
     // A handshake under way when the drain starts still completes (bounded by its deadline): the
     // client then gets a proper 1001 instead of a cut connection.
     // The handshake's state is boxed and freed once it is done, so it does not size the future
@@ -216,6 +242,8 @@ where
     let mut accepting = Some(ctx.shutdown.reader_guard());
     let idle = sleep(settings.idle_timeout);
     tokio::pin!(idle);
+    // Token bucket: (tokens, last refill).
+    let mut budget = settings.message_rate.map(|(_, burst)| (burst, Instant::now()));
     loop {
         let next = tokio::select! {
             biased;
@@ -240,6 +268,15 @@ where
             // then ends the stream. Any of them proves the peer alive.
             Some(Ok(_)) => continue,
         };
+        if let (Some((tokens, last)), Some((rate, burst))) = (budget.as_mut(), settings.message_rate) {
+            let now = Instant::now();
+            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+            *last = now;
+            if *tokens < 1.0 {
+                return close_with(CloseCode::Policy, &"message rate limit exceeded");
+            }
+            *tokens -= 1.0;
+        }
         // A replaced client sent this before it could know: it is still delivered. After any
         // other ending, or once the drain stopped reading, the message was never accepted.
         if accepting.is_some() && control.ending().is_none_or(is_replaced) {

@@ -123,6 +123,7 @@ impl Daemon {
         let (tls, tls_rx) = watch::channel(acceptor);
         let registry = Arc::new(Registry::default());
         let ctx = Arc::new(Context {
+            admission: Default::default(),
             broadcaster: Broadcaster::new(registry.clone(), config.websocket.gzip_level),
             registry,
             settings: settings_rx,

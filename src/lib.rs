@@ -5,6 +5,7 @@
 //! The data path, top to bottom:
 //! - [`listener`]: accept loop with a connection permit taken before each accept.
 //! - [`tls`]: PEM -> rustls config, hot-swapped through a watch channel.
+//! - [`admission`]: per-IP and handshake-rate limits, answered with 503 before any upgrade work.
 //! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error.
 //! - [`registry`]: one connection per key; replacement closes the old one with 4000.
 //! - [`connection`]: one task per connection, a reader that publishes and a writer that delivers.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod broadcast;
 pub mod config;
 pub mod connection;

@@ -50,11 +50,12 @@ pub struct Rejection {
     /// One line of explanation, sent as the body.
     pub reason: String,
     /// One extra header (e.g. `Upgrade: websocket` with 426).
-    pub header: Option<(&'static str, &'static str)>,
+    pub header: Option<(&'static str, String)>,
 }
 
 impl Rejection {
-    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+    /// A rejection without an extra header.
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         Self { status, reason: reason.into(), header: None }
     }
 }
@@ -147,9 +148,9 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> R
 }
 
 /// Writes the error answer and closes our side; the returned error carries the rejection.
-async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, r: Rejection) -> HandshakeError {
+pub async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, r: Rejection) -> HandshakeError {
     let body = format!("{}\n", r.reason);
-    let extra = r.header.map(|(k, v)| format!("{k}: {v}\r\n")).unwrap_or_default();
+    let extra = r.header.as_ref().map(|(k, v)| format!("{k}: {v}\r\n")).unwrap_or_default();
     let response = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
          Connection: close\r\n{extra}\r\n{body}",
@@ -211,7 +212,7 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
     }
     if req.method != Some("GET") {
         let mut r = Rejection::new(StatusCode::UPGRADE_REQUIRED, format!("only a GET upgrades: {hint}"));
-        r.header = Some(("Upgrade", "websocket"));
+        r.header = Some(("Upgrade", "websocket".into()));
         return Err(r);
     }
     let has_token = |name: &str, token: &str| {
@@ -219,13 +220,13 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
     };
     if req.version != Some(1) || !has_token("Connection", "upgrade") || !has_token("Upgrade", "websocket") {
         let mut r = Rejection::new(StatusCode::UPGRADE_REQUIRED, format!("this is a WebSocket endpoint: {hint}"));
-        r.header = Some(("Upgrade", "websocket"));
+        r.header = Some(("Upgrade", "websocket".into()));
         return Err(r);
     }
     if header("Sec-WebSocket-Version") != Some("13") {
         let mut r =
             Rejection::new(StatusCode::UPGRADE_REQUIRED, format!("only WebSocket version 13 is supported: {hint}"));
-        r.header = Some(("Sec-WebSocket-Version", "13"));
+        r.header = Some(("Sec-WebSocket-Version", "13".into()));
         return Err(r);
     }
     let key = header("Sec-WebSocket-Key")

@@ -20,6 +20,12 @@ async fn connection_futures_stay_small() {
     let serve = wscast::connection::serve(connect(), "127.0.0.1:1".parse().unwrap(), ctx.clone());
     assert!(size_of_val(&serve) <= 512, "serve future is {} bytes", size_of_val(&serve));
     let settings = wscast::connection::Settings::new(&common::config());
-    let run = wscast::connection::handshake_and_run(connect(), tokio::time::Instant::now(), &settings, &ctx);
+    let run = wscast::connection::handshake_and_run(
+        connect(),
+        "127.0.0.1:1".parse().unwrap(),
+        tokio::time::Instant::now(),
+        &settings,
+        &ctx,
+    );
     assert!(size_of_val(&run) <= 2048, "handshake_and_run future is {} bytes", size_of_val(&run));
 }

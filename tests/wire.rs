@@ -394,3 +394,87 @@ async fn drain_delivers_queued_messages_then_1001() {
     let report = within("drain", report).await.unwrap();
     assert_eq!((report.drained, report.cut_off), (2, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_limit_answers_503_with_retry_after_before_any_upgrade() {
+    let mut c = config();
+    c.server.max_connections_per_ip = 2;
+    let d = start(c).await;
+    let _a = join(&d, "a", false).await;
+    let mut b = join(&d, "b", false).await;
+    let response = http(d.addr, &upgrade_request("/?specialKey=c", "")).await;
+    assert!(response.starts_with("HTTP/1.1 503 Service Unavailable"), "{response}");
+    assert!(response.contains("Retry-After: 10\r\n") && response.contains("too many connections from 127.0.0.1"));
+    assert_eq!(d.registry.len(), 2);
+    // A freed slot admits again.
+    let _ = b.close(None).await;
+    drop(b);
+    d.wait_for_clients(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _c = join(&d, "c", false).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_are_exempt_from_the_per_ip_limit() {
+    let mut c = config();
+    c.server.max_connections_per_ip = 1;
+    c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let d = start(c).await;
+    let _a = join(&d, "a", false).await;
+    let _b = join(&d, "b", false).await;
+    let _c = join(&d, "c", false).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_rate_limit_paces_a_storm_with_jittered_retry_after() {
+    let mut c = config();
+    c.server.max_handshakes_per_second = 5;
+    let d = start(c).await;
+    let storm: Vec<_> = (0..20)
+        .map(|i| {
+            let request = upgrade_request(&format!("/?specialKey=s{i}"), "");
+            let addr = d.addr;
+            tokio::spawn(async move { http_head(addr, &request).await })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for t in storm {
+        let head = within("storm answer", t).await.unwrap();
+        if head.starts_with("HTTP/1.1 101") {
+            admitted += 1;
+        } else {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            let retry: u64 = head.split("Retry-After: ").nth(1).unwrap().split("\r\n").next().unwrap().parse().unwrap();
+            assert!((1..=5).contains(&retry), "{retry}");
+            refused += 1;
+        }
+    }
+    assert!((5..=7).contains(&admitted), "admitted {admitted}, refused {refused}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_rate_limit_closes_the_flooder_with_1008() {
+    let mut c = config();
+    c.websocket.max_messages_per_second = 10;
+    c.websocket.message_burst = 10;
+    let d = start(c).await;
+    let mut flooder = join(&d, "flooder", false).await;
+    let mut calm = join(&d, "calm", false).await;
+    for i in 0..30 {
+        let _ = flooder.send(Message::text(format!("flood {i}"))).await;
+    }
+    let (code, reason) = recv_close(&mut flooder).await;
+    assert_eq!((code, reason.as_str()), (1008, "message rate limit exceeded"));
+    // The burst got through, and the calm client is still served.
+    assert_eq!(recv_text(&mut calm).await, "flood 0");
+    send(&mut calm, "still calm").await;
+    loop {
+        if recv_text(&mut calm).await == "still calm" {
+            break;
+        }
+    }
+    d.stop().await;
+}
