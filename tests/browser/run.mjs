@@ -1,0 +1,88 @@
+// Headless Chromium against a running wscast: serves a page, opens two WebSockets from it (one
+// with support_gzip=1 that inflates Binary frames with DecompressionStream('gzip'), one plain),
+// exchanges broadcasts including non-ASCII text, and checks what the page received.
+//
+//   node run.mjs ws://127.0.0.1:PORT wss://localhost:PORT
+//
+// Chromium must trust the test CA (run.sh puts it in the NSS database under $HOME).
+import http from 'node:http';
+import { chromium } from 'playwright-core';
+
+const urls = process.argv.slice(2);
+if (urls.length === 0) {
+  console.error('usage: node run.mjs WS_URL [WSS_URL]');
+  process.exit(2);
+}
+
+const page_html = `<!doctype html><meta charset="utf-8"><title>wscast browser test</title>
+<script>
+async function inflate(buffer) {
+  const stream = new Blob([buffer]).stream().pipeThrough(new DecompressionStream('gzip'));
+  return await new Response(stream).text();
+}
+function open(url) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.binaryType = 'arraybuffer';
+    ws.received = [];
+    ws.kinds = [];
+    ws.onmessage = async (event) => {
+      if (typeof event.data === 'string') { ws.kinds.push('text'); ws.received.push(event.data); }
+      else { ws.kinds.push('binary'); ws.received.push(await inflate(event.data)); }
+    };
+    ws.onopen = () => resolve(ws);
+    ws.onerror = () => reject(new Error('cannot open ' + url));
+  });
+}
+async function exchange(base, texts) {
+  const plain = await open(base + '/?specialKey=browser-plain');
+  const gzip = await open(base + '/?specialKey=browser-gzip&support_gzip=1');
+  await new Promise((r) => setTimeout(r, 200));
+  for (const t of texts) plain.send(t);
+  const deadline = Date.now() + 5000;
+  while ((plain.received.length < texts.length || gzip.received.length < texts.length) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const result = { plain: plain.received, plainKinds: plain.kinds, gzip: gzip.received, gzipKinds: gzip.kinds };
+  plain.close(1000);
+  gzip.close(1000);
+  return result;
+}
+</script>`;
+
+const server = http.createServer((req, res) => {
+  res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+  res.end(page_html);
+});
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const pageUrl = `http://127.0.0.1:${server.address().port}/`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+  ],
+});
+let failed = false;
+try {
+  const page = await browser.newPage();
+  await page.goto(pageUrl);
+  const texts = ['hello from a browser', 'h\u00e9llo w\u00f6rld \u2713 \u65e5\u672c\u8a9e \u{1F600}', 'x'.repeat(5000)];
+  for (const url of urls) {
+    const r = await page.evaluate(([base, t]) => exchange(base, t), [url, texts]);
+    const ok = JSON.stringify(r.plain) === JSON.stringify(texts) && JSON.stringify(r.gzip) === JSON.stringify(texts)
+      && r.plainKinds.every((k) => k === 'text') && r.gzipKinds.every((k) => k === 'binary');
+    console.log(`${ok ? 'ok' : 'FAILED'}: ${url}: plain client got ${r.plain.length}/${texts.length} text frames, ` +
+      `gzip client ${r.gzip.length}/${texts.length} binary frames inflated by DecompressionStream` +
+      (ok ? ', all equal to what was sent' : ''));
+    if (!ok) {
+      console.log(JSON.stringify(r).slice(0, 2000));
+      failed = true;
+    }
+  }
+} finally {
+  await browser.close();
+  server.close();
+}
+process.exit(failed ? 1 : 0);
