@@ -133,13 +133,13 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> R
         if n == 0 {
             return Err(HeadError::Eof);
         }
-        if let Some(pos) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(searched + pos + 4);
-        }
+        let crlf = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n").map(|p| searched + p + 4);
         // httparse also accepts bare LF line ends; without this such a head would wait for the
         // deadline instead of getting an answer.
-        if let Some(pos) = buf[searched.saturating_sub(1)..].windows(2).position(|w| w == b"\n\n") {
-            return Ok(searched.saturating_sub(1) + pos + 2);
+        let lf = || buf[searched.saturating_sub(1)..].windows(2).position(|w| w == b"\n\n");
+        if let Some(end) = crlf.or_else(|| lf().map(|p| searched.saturating_sub(1) + p + 2)) {
+            // A head that arrived whole in one read is held to the same limit.
+            return if end > MAX_HEAD { Err(HeadError::TooLarge) } else { Ok(end) };
         }
         if buf.len() > MAX_HEAD {
             return Err(HeadError::TooLarge);

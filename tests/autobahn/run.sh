@@ -25,9 +25,9 @@ VENV=${AUTOBAHN_VENV:-/var/cache/wscast-ci/autobahn-venv}
 PY2=${PY2:-$HOME/.pyenv/versions/2.7.18/bin/python}
 if [ ! -x "$VENV/bin/wstest" ]; then
     [ -x "$PY2" ] || { echo "autobahn: Python 2.7 not found at $PY2 (set PY2)"; exit 1; }
-    "$PY2" -m pip install -q 'virtualenv<20.22' 2>/dev/null
+    "$PY2" -m pip install -q "virtualenv<20.22"
     "$PY2" -m virtualenv -q "$VENV"
-    "$VENV/bin/pip" install -q autobahntestsuite 2>/dev/null
+    "$VENV/bin/pip" install -q autobahntestsuite
 fi
 
 WORK=$(mktemp -d)
