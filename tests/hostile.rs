@@ -218,6 +218,13 @@ async fn protocol_violations_get_1002_and_bad_payloads_1007_or_1009() {
         t.write_all(&frame(true, 0x8, &code.to_be_bytes())).await.unwrap();
         assert_eq!(close_code(&mut t).await, 1002, "close code {code}");
     }
+    // Fragments that each fit but together exceed the 2 MiB limit.
+    let mut t = raw_ws(d.addr, "fragments").await;
+    let part = vec![b'f'; 1 << 20];
+    t.write_all(&frame(false, 0x1, &part)).await.unwrap();
+    t.write_all(&frame(false, 0x0, &part)).await.unwrap();
+    let _ = t.write_all(&frame(true, 0x0, &part)).await;
+    assert_eq!(close_code(&mut t).await, 1009);
     // Truncated gzip.
     let mut t = raw_ws(d.addr, "truncated").await;
     let gz = gzip(b"hello hello hello hello");
