@@ -22,7 +22,7 @@ cd "$(dirname "$0")/../.."
 BIN=target/release/wscast
 [ -x "$BIN" ] || cargo build --release --locked -p wscast
 VENV=${AUTOBAHN_VENV:-/var/cache/wscast-ci/autobahn-venv}
-PY2=${PY2:-$HOME/.pyenv/versions/2.7.18/bin/python}
+PY2=${PY2:-$(ls -d "${HOME:-/root}"/.pyenv/versions/2.7*/bin/python 2>/dev/null | tail -1)}
 if [ ! -x "$VENV/bin/wstest" ]; then
     [ -x "$PY2" ] || { echo "autobahn: Python 2.7 not found at $PY2 (set PY2)"; exit 1; }
     "$PY2" -m pip install -q "virtualenv<20.22"
