@@ -77,8 +77,3 @@ fn pem_problem(e: rustls_pki_types::pem::Error) -> String {
 
 /// The acceptor new handshakes use; `None` serves plain ws.
 pub type CurrentTls = watch::Receiver<Option<TlsAcceptor>>;
-
-/// Makes the channel holding the acceptor: the daemon keeps the sender for reloads.
-pub fn channel(config: Option<Arc<ServerConfig>>) -> (watch::Sender<Option<TlsAcceptor>>, CurrentTls) {
-    watch::channel(config.map(TlsAcceptor::from))
-}

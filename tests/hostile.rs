@@ -130,11 +130,8 @@ async fn slowloris_on_the_http_handshake_is_cut_at_the_deadline() {
 async fn slowloris_on_tls_and_plaintext_on_the_tls_port_are_cut() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "h");
-    let mut c = config();
+    let mut c = tls_config(&pki);
     c.server.handshake_timeout = Duration::from_millis(600);
-    c.tls.enabled = true;
-    c.tls.cert = pki.cert.clone();
-    c.tls.key = pki.key.clone();
     let d = start(c).await;
     let (mut s, _) = connect_tls(d.addr, &pki.ca, "tls-sender", false).await;
     let (mut r, _) = connect_tls(d.addr, &pki.ca, "tls-receiver", true).await;

@@ -172,11 +172,10 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0_within_the_drain_time
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_sigterm_exits_at_once() {
-    let p = spawn(&base("[websocket]\nsend_queue = 4\n"));
+    let p = spawn(&base(""));
     let addr = p.ready().await;
     // A client that never reads its Close keeps the drain waiting.
-    let raw = TcpStream::connect(addr).await.unwrap();
-    let mut raw = raw;
+    let mut raw = TcpStream::connect(addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut raw, upgrade_request("/?specialKey=stuck", "").as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     p.signal("-TERM");

@@ -290,10 +290,7 @@ async fn dead_peer_is_dropped_after_idle_timeout() {
 async fn wss_with_a_certificate_made_in_the_test() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "a");
-    let mut c = config();
-    c.tls.enabled = true;
-    c.tls.cert = pki.cert.clone();
-    c.tls.key = pki.key.clone();
+    let c = tls_config(&pki);
     let d = start(c).await;
     let (mut a, shown) = connect_tls(d.addr, &pki.ca, "tls-a", true).await;
     assert_eq!(shown, pki.leaf);

@@ -226,6 +226,15 @@ pub fn make_pki(dir: &Path, tag: &str) -> TestPki {
     TestPki { ca: ca.der().clone(), cert, key, leaf: leaf.der().clone() }
 }
 
+/// A test config serving wss with `pki`'s certificate.
+pub fn tls_config(pki: &TestPki) -> Config {
+    let mut c = config();
+    c.tls.enabled = true;
+    c.tls.cert = pki.cert.clone();
+    c.tls.key = pki.key.clone();
+    c
+}
+
 /// Connects over TLS trusting `ca`; returns the client and the certificate the server showed.
 pub async fn connect_tls(
     addr: SocketAddr,
