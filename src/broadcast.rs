@@ -1,33 +1,50 @@
-//! Fan-out: one published text becomes one shared set of frames handed to every registered
-//! connection's queue by refcount.
+//! Fan-out: one published text becomes one shared set of encoded frames handed to every
+//! registered connection's queue by refcount.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::gzip;
 use crate::registry::{Ending, Registry, TOO_SLOW};
+use crate::{frame, gzip};
 
-/// One broadcast message in both encodings. The gzip form is computed on first use, so it costs
-/// one compression when gzip clients exist and none when they do not.
+/// One broadcast message as it goes on the wire, in both encodings: a Text frame, and a Binary
+/// frame of its gzip form. Each is encoded once, whatever the number of recipients; the gzip
+/// form is computed on first use, so it costs nothing when no gzip client exists.
 #[derive(Debug)]
 pub struct Frames {
-    text: Utf8Bytes,
+    text: Bytes,
     gzip: OnceLock<Bytes>,
     level: u32,
 }
 
 impl Frames {
-    /// The frame for a client: a Binary gzip frame or a Text frame, sharing the payload.
-    pub fn message(&self, gzip: bool) -> Message {
-        if gzip {
-            Message::Binary(self.gzip.get_or_init(|| gzip::compress(self.text.as_bytes(), self.level)).clone())
-        } else {
-            Message::Text(self.text.clone())
+    /// Encodes `text` as a Text frame; the gzip frame will use `level`.
+    pub fn new(text: Utf8Bytes, level: u32) -> Self {
+        Self { text: frame::encode(frame::TEXT, text.as_bytes()), gzip: OnceLock::new(), level }
+    }
+
+    /// The whole frame (header and payload) for a client: Binary gzip or Text.
+    pub fn wire(&self, gzip: bool) -> &Bytes {
+        if !gzip {
+            return &self.text;
         }
+        self.gzip.get_or_init(|| {
+            let payload = &self.text[header_len(&self.text)..];
+            frame::encode(frame::BINARY, &gzip::compress(payload, self.level))
+        })
+    }
+}
+
+/// The length of a server frame's header (no mask), from its second byte.
+fn header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
     }
 }
 
@@ -52,11 +69,11 @@ impl Broadcaster {
     /// Queues `text` for every registered connection, the sender included. A connection whose
     /// queue is full is ended with 4001; nobody else waits for it.
     pub fn publish(&self, text: Utf8Bytes) {
-        let frames = Arc::new(Frames { text, gzip: OnceLock::new(), level: self.gzip_level.load(Ordering::Relaxed) });
+        let frames = Arc::new(Frames::new(text, self.gzip_level.load(Ordering::Relaxed)));
         if self.registry.gzip_len() > 0 {
             // Compress here, once, rather than in whichever writer runs first: that keeps the
             // cost on the sender's task and out of every recipient's latency.
-            frames.message(true);
+            frames.wire(true);
         }
         self.registry.for_each(|client| match client.queue.try_send(frames.clone()) {
             Ok(()) | Err(TrySendError::Closed(_)) => {}

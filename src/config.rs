@@ -62,6 +62,8 @@ pub struct Server {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// New connections admitted per second over the whole daemon; 0 means no limit.
     pub max_handshakes_per_second: u32,
+    /// IPv6 clients are counted per prefix of this many bits by the per-address limits.
+    pub ipv6_prefix: u8,
 }
 
 /// `[tls]`
@@ -176,6 +178,7 @@ impl Default for Server {
             max_connections_per_ip: 0,
             trusted_proxies: Vec::new(),
             max_handshakes_per_second: 0,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -360,6 +363,9 @@ impl Config {
             return Err(ConfigError::invalid("server.max_connections", s.max_connections, "must be 1 to 10000000"));
         }
         nonzero("server.handshake_timeout", s.handshake_timeout)?;
+        if !(1..=128).contains(&s.ipv6_prefix) {
+            return Err(ConfigError::invalid("server.ipv6_prefix", s.ipv6_prefix, "must be 1 to 128 (bits)"));
+        }
         if let Some(o) = s.allowed_origins.iter().find(|o| o.is_empty() || o.ends_with('/')) {
             return Err(ConfigError::invalid(
                 "server.allowed_origins",
@@ -499,6 +505,7 @@ mod tests {
             ("[server]\nmax_connections = 0\n", &[], &["server.max_connections = 0", "1 to"]),
             ("[server]\nhandshake_timeout = \"ten\"\n", &[], &["server.handshake_timeout", "\"ten\""]),
             ("[server]\nbogus = 1\n", &[], &["server.bogus = 1", "unknown key"]),
+            ("[server]\nipv6_prefix = 0\n", &[], &["server.ipv6_prefix = 0", "1 to 128"]),
             ("[websocket]\ngzip_level = 11\n", &[], &["websocket.gzip_level = 11", "0 to 9"]),
             ("[websocket]\nmax_message_size = \"lots\"\n", &[], &["websocket.max_message_size", "lots"]),
             ("[websocket]\nidle_timeout = \"10s\"\n", &[], &["websocket.idle_timeout", "ping_interval"]),

@@ -1,21 +1,21 @@
 //! One connection's life: TLS and upgrade under one deadline, registration, then a reader that
 //! publishes and a writer that delivers, until one of them ends it.
 
-use std::future::poll_fn;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn, Instrument};
@@ -23,18 +23,18 @@ use tracing::{debug, warn, Instrument};
 use crate::admission::{Admission, Limits};
 use crate::broadcast::{Broadcaster, Frames};
 use crate::config::Config;
+use crate::frame::{self, Outbox};
 use crate::gzip::{self, InflateError};
+use crate::rate::TokenBucket;
 use crate::registry::{Client, Control, Ending, Registry, REPLACED, TOO_SLOW};
 use crate::shutdown::{Shutdown, GOING_AWAY};
 use crate::tls::CurrentTls;
-use crate::upgrade::{self, HandshakeError, Policy};
+use crate::upgrade::{self, ClientParams, HandshakeError, Policy};
 
 /// How long a closing connection gets to flush its Close frame and hear the peer's reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Queued messages a writer takes per flush.
 const MAX_BATCH: usize = 64;
-/// Outgoing bytes tungstenite gathers before writing; one flush per batch writes the rest.
-const WRITE_BUFFER: usize = 16 * 1024;
 /// Incoming buffer per connection: small, since most clients are idle most of the time.
 const READ_BUFFER: usize = 1024;
 
@@ -81,12 +81,10 @@ impl Settings {
     /// Derives the settings from a validated config.
     pub fn new(config: &Config) -> Self {
         let max = config.websocket.max_message_bytes();
+        // tungstenite only reads (its replies go through ReadSide to our writer), so only its
+        // read-side limits matter.
         let websocket = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(WRITE_BUFFER)
-            // Room for the buffer target plus one largest frame (gzip can exceed the text by a
-            // few bytes); past it tungstenite errors instead of growing without bound.
-            .max_write_buffer_size(WRITE_BUFFER + 2 * max + 1024)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         Self {
@@ -104,11 +102,10 @@ impl Settings {
             admission: Limits::new(config),
             message_rate: (config.websocket.max_messages_per_second > 0).then(|| {
                 let rate = f64::from(config.websocket.max_messages_per_second);
-                let burst = match config.websocket.message_burst {
-                    0 => rate,
-                    b => f64::from(b),
-                };
-                (rate, burst)
+                (
+                    rate,
+                    if config.websocket.message_burst == 0 { rate } else { f64::from(config.websocket.message_burst) },
+                )
             }),
         }
     }
@@ -152,39 +149,33 @@ pub async fn handshake_and_run<S>(stream: S, peer: SocketAddr, deadline: Instant
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Held for the connection's life: its place in the per-IP count.
-    let _slot = match ctx.admission.admit(peer.ip(), &settings.admission) {
-        Ok(slot) => slot,
-        Err(r) => {
-            debug!(reason = %r.reason, "not admitted");
-            let refuse = Box::pin(timeout_at(deadline, upgrade::reject(stream, r)));
-            let _ = refuse.await;
-            return;
-        }
-    };
+    // Admission runs once the head is complete: a silent connection spends nobody's budget.
+    let admit = |_: &ClientParams| ctx.admission.admit(peer.ip(), &settings.admission);
     // A handshake under way when the drain starts still completes (bounded by its deadline): the
     // client then gets a proper 1001 instead of a cut connection.
     // The handshake's state is boxed and freed once it is done, so it does not size the future
     // every open connection keeps for its whole life.
-    let upgrade = Box::pin(timeout_at(deadline, upgrade::accept(stream, &settings.policy, settings.websocket)));
-    let (ws, params) = match upgrade.await {
-        Ok(Ok(pair)) => pair,
+    let upgrade = Box::pin(timeout_at(deadline, upgrade::accept(stream, &settings.policy, admit)));
+    let upgraded = match upgrade.await {
+        Ok(Ok(upgraded)) => upgraded,
         Ok(Err(HandshakeError::Rejected(r))) => {
-            debug!(status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
-            return;
+            return debug!(status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
         }
-        Ok(Err(e)) => {
-            debug!(%e, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!("handshake timeout");
-            return;
-        }
+        Ok(Err(e)) => return debug!(%e, "handshake failed"),
+        Err(_) => return debug!("handshake timeout"),
     };
+    // Held for the connection's life: its place in the per-address count.
+    let _slot = upgraded.admitted;
+    let _client = ctx.shutdown.client();
+    let params = upgraded.params;
     tracing::Span::current().record("key", &*params.key);
-    let (queue, rx) = mpsc::channel(settings.send_queue);
+
     let control = Arc::new(Control::default());
+    let (read_half, mut write_half) = tokio::io::split(upgraded.stream);
+    let read_side = ReadSide { io: read_half, control: control.clone() };
+    let mut ws =
+        WebSocketStream::from_partially_read(read_side, upgraded.tail, Role::Server, Some(settings.websocket)).await;
+    let (queue, rx) = mpsc::channel(settings.send_queue);
     let id = ctx.registry.next_id();
     let client = Client { id, gzip: params.gzip, queue, control: control.clone() };
     ctx.registry.register(params.key.clone(), client);
@@ -193,23 +184,22 @@ where
     }
     debug!(gzip = params.gzip, "connected");
 
-    let (mut sink, mut stream) = ws.split();
     let read_end = {
-        let reader = read_loop(&mut stream, ctx, &control, settings);
+        let mut writer = Writer { io: &mut write_half, outbox: Outbox::new(params.gzip), rx, control: &control };
+        let reader = read_loop(&mut ws, ctx, &control, settings);
         let unregister = || {
             ctx.registry.unregister(&params.key, id);
         };
-        let writer =
-            write_loop(&mut sink, rx, &control, params.gzip, settings.ping_interval, &unregister, &ctx.shutdown);
-        tokio::pin!(reader, writer);
+        let writing = writer.run(settings.ping_interval, &unregister, &ctx.shutdown);
+        tokio::pin!(reader, writing);
         tokio::select! {
         end = &mut reader => {
             control.end(end);
             // The writer unregisters, then sends the Close (bounded by its own grace period).
-            writer.await;
+            writing.await;
             true
         }
-        () = &mut writer => {
+        () = &mut writing => {
             // Wait for the peer's Close reply (or its departure) before dropping the socket.
             let _ = timeout(CLOSE_GRACE, &mut reader).await;
             false
@@ -221,20 +211,44 @@ where
     // After a protocol error the client may still be sending the rest of its bad message; close
     // our side and read until it closes, so our Close frame is not destroyed by a reset.
     if read_end && matches!(ending, Some(Ending::Close(_))) {
-        if let Ok(ws) = sink.reunite(stream) {
-            let lingering = Box::pin(linger(ws.into_inner()));
-            lingering.await;
-        }
+        let stream = ws.into_inner().io.unsplit(write_half);
+        let lingering = Box::pin(linger(stream));
+        lingering.await;
+    }
+}
+
+/// The socket as tungstenite sees it: it reads from the socket, but what it writes (its
+/// automatic pong and close replies) goes to the connection's writer, the only one that writes
+/// to the socket. That is what lets the writer send shared frames without tungstenite's copy.
+struct ReadSide<R> {
+    io: R,
+    control: Arc<Control>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        // tungstenite hands over whole frames (its buffer holds one reply at a time).
+        self.control.reply(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
 /// Reads until the peer leaves, publishing every text (and inflated gzip) message.
-async fn read_loop<S>(
-    stream: &mut SplitStream<WebSocketStream<S>>,
-    ctx: &Context,
-    control: &Control,
-    settings: &Settings,
-) -> Ending
+async fn read_loop<S>(ws: &mut WebSocketStream<S>, ctx: &Context, control: &Control, settings: &Settings) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -242,8 +256,7 @@ where
     let mut accepting = Some(ctx.shutdown.reader_guard());
     let idle = sleep(settings.idle_timeout);
     tokio::pin!(idle);
-    // Token bucket: (tokens, last refill).
-    let mut budget = settings.message_rate.map(|(_, burst)| (burst, Instant::now()));
+    let mut budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
     loop {
         let next = tokio::select! {
             biased;
@@ -252,7 +265,7 @@ where
                 continue;
             }
             () = &mut idle => return Ending::Dead("idle timeout"),
-            next = stream.next() => next,
+            next = ws.next() => next,
         };
         idle.as_mut().reset(Instant::now() + settings.idle_timeout);
         let text = match next {
@@ -264,18 +277,14 @@ where
                 Err(e @ InflateError::TooBig(_)) => return close_with(CloseCode::Size, &e),
                 Err(e) => return close_with(CloseCode::Invalid, &e),
             },
-            // Pings are answered by tungstenite; a Close is answered by the next read, which
-            // then ends the stream. Any of them proves the peer alive.
+            // Pings and Closes are answered by tungstenite (through ReadSide); any of them
+            // proves the peer alive.
             Some(Ok(_)) => continue,
         };
-        if let (Some((tokens, last)), Some((rate, burst))) = (budget.as_mut(), settings.message_rate) {
-            let now = Instant::now();
-            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
-            *last = now;
-            if *tokens < 1.0 {
+        if let (Some(bucket), Some((rate, burst))) = (budget.as_mut(), settings.message_rate) {
+            if !bucket.take(rate, burst, Instant::now()) {
                 return close_with(CloseCode::Policy, &"message rate limit exceeded");
             }
-            *tokens -= 1.0;
         }
         // A replaced client sent this before it could know: it is still delivered. After any
         // other ending, or once the drain stopped reading, the message was never accepted.
@@ -287,106 +296,109 @@ where
     }
 }
 
-/// Delivers queued broadcasts and pings until the connection is ended, then sends its Close.
-async fn write_loop<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::Receiver<Arc<Frames>>,
-    control: &Control,
-    gzip: bool,
-    ping_interval: Duration,
-    unregister: &(dyn Fn() + Sync),
-    shutdown: &Shutdown,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut batch = Vec::with_capacity(0);
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let delivered: Result<(), WsError> = async {
+/// What woke an idle writer.
+enum Wake {
+    Replies,
+    Broadcasts,
+    Ping,
+}
+
+/// The writing half of a connection: its queue, what it is writing, and the socket.
+struct Writer<'a, W> {
+    io: &'a mut W,
+    outbox: Outbox,
+    rx: mpsc::Receiver<Arc<Frames>>,
+    control: &'a Control,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    /// Delivers queued broadcasts, replies and pings until the connection is ended, then
+    /// unregisters and sends what the ending calls for.
+    async fn run(&mut self, ping_interval: Duration, unregister: &(dyn Fn() + Sync), shutdown: &Shutdown) {
+        let delivered = self.deliver(ping_interval).await;
+        // Out of the registry before the close handshake: nothing more is queued for us, and a
+        // successor with our key is never touched.
+        unregister();
+        if let Err(e) = delivered {
+            log_io_error(&e);
+            self.control.end(Ending::Dead("write failed"));
+            return;
+        }
+        let code = match self.control.ending() {
+            Some(Ending::Close(frame)) => u16::from(frame.code),
+            // The peer closed: tungstenite's echo of its Close is among the replies.
+            Some(Ending::PeerClosed) => {
+                self.outbox.discard_unstarted();
+                self.outbox.push_control(&self.control.take_replies());
+                let _ = timeout(CLOSE_GRACE, self.outbox.flush(self.io)).await;
+                return;
+            }
+            _ => return,
+        };
+        // A client that does not read cannot hold its task (or its socket) past the grace period;
+        // at shutdown the grace is what is left of the drain timeout, so a backlog can still flush.
+        let grace = match shutdown.deadline() {
+            Some(deadline) if code == GOING_AWAY.0 => deadline.saturating_duration_since(Instant::now()),
+            _ => CLOSE_GRACE,
+        };
+        // Boxed: closing happens once, and inline it would enlarge every idle connection.
+        match timeout(grace, Box::pin(self.close(code))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(%e, "could not send the close frame"),
+            Err(_) => warn!(code, "closing did not complete in time; queued messages for this client were dropped"),
+        }
+    }
+
+    async fn deliver(&mut self, ping_interval: Duration) -> io::Result<()> {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let control = self.control;
+            let woken = tokio::select! {
                 biased;
                 () = control.ended() => return Ok(()),
-                n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                () = control.replied() => Wake::Replies,
+                n = self.rx.recv_many(&mut self.outbox.batch, MAX_BATCH), if self.outbox.batch.is_empty() => {
                     if n == 0 {
                         return Ok(());
                     }
-                    // A blocked write must not keep a slow client from being cut off.
-                    tokio::select! {
-                        biased;
-                        () = control.ended() => return Ok(()),
-                        r = send_batch(sink, &mut batch, gzip) => r?,
-                    }
+                    Wake::Broadcasts
                 }
-                _ = ping.tick() => {
-                    tokio::select! {
-                        biased;
-                        () = control.ended() => return Ok(()),
-                        r = sink.send(Message::Ping(Bytes::new())) => r?,
-                    }
-                }
+                _ = ping.tick() => Wake::Ping,
+            };
+            match woken {
+                Wake::Replies => self.outbox.push_control(&control.take_replies()),
+                Wake::Ping => self.outbox.push_control(&frame::encode(frame::PING, b"")),
+                Wake::Broadcasts => {}
+            }
+            // A blocked write must not keep a slow client from being cut off; the outbox keeps
+            // its place when the write is abandoned.
+            tokio::select! {
+                biased;
+                () = control.ended() => return Ok(()),
+                r = self.outbox.flush(&mut *self.io) => r?,
             }
         }
     }
-    .await;
-    // Out of the registry before the close handshake: nothing more is queued for us, and a
-    // successor with our key is never touched.
-    unregister();
-    if let Err(e) = delivered {
-        log_error(&e);
-        control.end(Ending::Dead("write failed"));
-        return;
-    }
-    let Some(Ending::Close(frame)) = control.ending() else { return };
-    let code = u16::from(frame.code);
-    let closing = async {
+
+    /// Sends what was accepted before the close (unless the queue is the problem), then the
+    /// Close frame.
+    async fn close(&mut self, code: u16) -> io::Result<()> {
         if code == TOO_SLOW {
             warn!("client too slow: send queue overflow, closing with 4001");
+            self.outbox.discard_unstarted();
         } else {
             // Everything accepted before the close reaches the client first (shutdown, replacement).
-            while let Ok(frames) = rx.try_recv() {
-                batch.push(frames);
+            while let Ok(frames) = self.rx.try_recv() {
+                self.outbox.batch.push(frames);
             }
-            send_batch(sink, &mut batch, gzip).await?;
         }
-        sink.send(Message::Close(Some(frame.clone()))).await
-    };
-    // A client that does not read cannot hold its task (or its socket) past the grace period;
-    // at shutdown the grace is what is left of the drain timeout, so a backlog can still flush.
-    let grace = match shutdown.deadline() {
-        Some(deadline) if code == GOING_AWAY.0 => deadline.saturating_duration_since(Instant::now()),
-        _ => CLOSE_GRACE,
-    };
-    // Boxed: closing happens once, and inline it would enlarge every idle connection.
-    match timeout(grace, Box::pin(closing)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(%e, "could not send the close frame"),
-        Err(_) => warn!(code, "closing did not complete in time; queued messages for this client were dropped"),
+        self.outbox.flush(self.io).await?;
+        if let Some(Ending::Close(f)) = self.control.ending() {
+            self.outbox.push_control(&frame::close(code, &f.reason));
+        }
+        self.outbox.flush(self.io).await
     }
-}
-
-/// Feeds every queued message into tungstenite's buffer, then flushes once. Items leave `batch`
-/// only when tungstenite took them, so a cancelled call loses nothing.
-async fn send_batch<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    batch: &mut Vec<Arc<Frames>>,
-    gzip: bool,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut sent = 0;
-    let result = async {
-        while sent < batch.len() {
-            poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-            sink.start_send_unpin(batch[sent].message(gzip))?;
-            sent += 1;
-        }
-        poll_fn(|cx| sink.poll_flush_unpin(cx)).await
-    };
-    let r = result.await;
-    batch.drain(..sent);
-    r
 }
 
 fn is_replaced(ending: &Ending) -> bool {
@@ -402,8 +414,13 @@ fn ending_for(e: WsError) -> Ending {
         // The peer vanished without a Close: nothing to answer.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Dead("reset by peer"),
         WsError::Protocol(p) => close_with(CloseCode::Protocol, &p),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::PeerClosed,
+        WsError::Io(e) => {
+            log_io_error(&e);
+            Ending::Dead("read failed")
+        }
         other => {
-            log_error(&other);
+            warn!(%other, "connection closed with error");
             Ending::Dead("read failed")
         }
     }
@@ -419,16 +436,13 @@ fn close_with(code: CloseCode, reason: &dyn std::fmt::Display) -> Ending {
     Ending::Close(CloseFrame { code, reason: reason.into() })
 }
 
-/// Sorts errors: a peer that left or misbehaved is its own business (debug); anything else is
-/// ours to look at (warn).
-fn log_error(e: &WsError) {
-    use std::io::ErrorKind::*;
-    match e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Protocol(_) | WsError::Utf8(_) => {
-            debug!(%e, "peer left")
-        }
-        WsError::Io(io) if matches!(io.kind(), ConnectionReset | BrokenPipe | UnexpectedEof | ConnectionAborted) => {
-            debug!(%e, "peer left")
+/// Sorts socket errors: a peer that left, or sent bytes TLS cannot decrypt, is its own
+/// business (debug, so a flood of them cannot flood the log); anything else is ours (warn).
+fn log_io_error(e: &io::Error) {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | BrokenPipe | UnexpectedEof | ConnectionAborted | InvalidData => {
+            debug!(%e, "peer left or sent garbage")
         }
         _ => warn!(%e, "connection closed with error"),
     }

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use crate::admission::Admission;
 use crate::broadcast::Broadcaster;
 use crate::config::{self, Config, ConfigError};
 use crate::connection::{Context, Settings};
-use crate::listener;
+use crate::listener::{self, Capacity};
 use crate::logging::{self, LevelHandle, LogError};
 use crate::notify;
 use crate::registry::Registry;
@@ -86,7 +87,7 @@ pub struct Daemon {
     ctx: Arc<Context>,
     settings: watch::Sender<Arc<Settings>>,
     tls: watch::Sender<Option<TlsAcceptor>>,
-    permits: Arc<Semaphore>,
+    capacity: Arc<Capacity>,
     level: Option<LevelHandle>,
 }
 
@@ -123,15 +124,15 @@ impl Daemon {
         let (tls, tls_rx) = watch::channel(acceptor);
         let registry = Arc::new(Registry::default());
         let ctx = Arc::new(Context {
-            admission: Default::default(),
+            admission: Admission::new(config.server.ipv6_prefix),
             broadcaster: Broadcaster::new(registry.clone(), config.websocket.gzip_level),
             registry,
             settings: settings_rx,
             tls: tls_rx,
             shutdown: Shutdown::default(),
         });
-        let permits = Arc::new(Semaphore::new(config.server.max_connections));
-        Ok(Self { config, config_path, listeners, addrs, ctx, settings, tls, permits, level })
+        let capacity = Capacity::new(config.server.max_connections);
+        Ok(Self { config, config_path, listeners, addrs, ctx, settings, tls, capacity, level })
     }
 
     /// The bound addresses (port 0 resolved).
@@ -152,7 +153,7 @@ impl Daemon {
     /// Serves until a Terminate event (or the end of `events`), then drains.
     pub async fn run(mut self, mut events: impl Stream<Item = Event> + Unpin) -> DrainReport {
         for listener in std::mem::take(&mut self.listeners) {
-            tokio::spawn(listener::run(listener, self.ctx.clone(), self.permits.clone()));
+            tokio::spawn(listener::run(listener, self.ctx.clone(), self.capacity.clone()));
         }
         let scheme = if self.config.tls.enabled { "wss" } else { "ws" };
         let listening = self.addrs.iter().map(|a| format!("{scheme}://{a}")).collect::<Vec<_>>().join(" ");
@@ -195,8 +196,7 @@ impl Daemon {
                 event = events.next() => {
                     if matches!(event, Some(Event::Terminate)) {
                         warn!("second termination signal: exiting at once");
-                        let still = self.ctx.registry.len();
-                        break DrainReport { drained: open.saturating_sub(still), cut_off: still };
+                        break self.ctx.shutdown.report();
                     }
                 }
                 _ = watchdog.tick(), if watchdog_on => notify::watchdog(),
@@ -238,7 +238,8 @@ impl Daemon {
             log.file_prefix,
             log.rotation,
             log.max_files,
-            log.format
+            log.format,
+            server.ipv6_prefix
         );
         // After keep_old!: a reload never switches TLS on or off, only swaps the certificate.
         let acceptor = match load_tls(&new) {
@@ -256,19 +257,7 @@ impl Daemon {
                 error!("log.level could not be applied: {e}");
             }
         }
-        let (old_max, new_max) = (old.server.max_connections, new.server.max_connections);
-        if new_max > old_max {
-            self.permits.add_permits(new_max - old_max);
-        } else if new_max < old_max {
-            // Take the surplus as connections end; open ones are not cut.
-            let permits = self.permits.clone();
-            let surplus = (old_max - new_max) as u32;
-            tokio::spawn(async move {
-                if let Ok(p) = permits.acquire_many_owned(surplus).await {
-                    p.forget();
-                }
-            });
-        }
+        self.capacity.set_max(new.server.max_connections);
         if new.tls.enabled {
             self.tls.send_replace(acceptor);
         }

@@ -59,11 +59,18 @@ pub enum InflateError {
     NotUtf8,
 }
 
-/// Inflates one gzip member, reading at most `cap + 1` bytes of output so a bomb costs no more
-/// than the cap.
+/// Inflates every gzip member of `data` (RFC 1952 allows several, as `gunzip` and browsers
+/// decode them), reading at most `cap + 1` bytes of output so a bomb costs no more than the cap.
+/// Trailing bytes that are not a member are an error.
 pub fn inflate(data: &[u8], cap: usize) -> Result<String, InflateError> {
+    if data.is_empty() {
+        return Err(InflateError::NotGzip);
+    }
     let mut out = Vec::with_capacity((data.len() * 4).min(cap + 1));
-    flate2::read::GzDecoder::new(data).take(cap as u64 + 1).read_to_end(&mut out).map_err(|_| InflateError::NotGzip)?;
+    flate2::read::MultiGzDecoder::new(data)
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| InflateError::NotGzip)?;
     if out.len() > cap {
         return Err(InflateError::TooBig(cap));
     }
@@ -101,5 +108,18 @@ mod tests {
         let gz = compress(b"hello world", 6);
         assert_eq!(inflate(&gz[..gz.len() - 5], 65536), Err(InflateError::NotGzip));
         assert_eq!(inflate(&compress(&[0xff, 0xfe], 6), 65536), Err(InflateError::NotUtf8));
+        assert_eq!(inflate(b"", 65536), Err(InflateError::NotGzip), "an empty message is not gzip");
+    }
+
+    #[test]
+    fn every_member_is_inflated_and_trailing_garbage_refused() {
+        let mut two = compress(b"hello ", 6).to_vec();
+        two.extend_from_slice(&compress(b"world", 1));
+        assert_eq!(inflate(&two, 65536).unwrap(), "hello world");
+        let mut garbage = compress(b"hello", 6).to_vec();
+        garbage.extend_from_slice(b"trailing");
+        assert_eq!(inflate(&garbage, 65536), Err(InflateError::NotGzip));
+        // The cap counts all members together.
+        assert_eq!(inflate(&two, 8), Err(InflateError::TooBig(8)));
     }
 }

@@ -1,14 +1,16 @@
-//! The accept loop: a connection permit before each accept, backoff on accept errors, and the
-//! connection handed to its own task at once (TLS and upgrade never run here).
+//! The accept loop and the connection limit: a place in [`Capacity`] for each accepted socket,
+//! backoff on accept errors, and the connection handed to its own task at once (TLS and upgrade
+//! never run here).
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::connection::{self, Context};
@@ -44,14 +46,71 @@ pub fn inherited() -> io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
-/// Accepts until shutdown; each connection holds one of `permits` for its whole life.
-pub async fn run(listener: TcpListener, ctx: Arc<Context>, permits: Arc<Semaphore>) {
+/// Open connections at most, exact across every listener and every reload.
+///
+/// A count and a limit rather than a semaphore: a lowered limit applies at once (nothing new is
+/// served until the count is below it), and no permit sits idle in an accept loop.
+#[derive(Debug)]
+pub struct Capacity {
+    open: AtomicUsize,
+    max: AtomicUsize,
+    freed: Notify,
+}
+
+/// One connection's place in the [`Capacity`]; released on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<Capacity>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
+    }
+}
+
+impl Capacity {
+    /// Room for `max` connections.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { open: AtomicUsize::new(0), max: AtomicUsize::new(max), freed: Notify::new() })
+    }
+
+    /// Applies a reloaded `server.max_connections`; open connections above it are not cut.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
+        self.freed.notify_waiters();
+    }
+
+    /// Connections holding a permit.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until the count is below the limit, then takes a place.
+    pub async fn acquire(self: &Arc<Self>) -> Permit {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a release between the check and the wait wakes us.
+            freed.as_mut().enable();
+            if self.try_take() {
+                return Permit(self.clone());
+            }
+            freed.await;
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        let max = self.max.load(Ordering::Acquire);
+        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+}
+
+/// Accepts until shutdown; a connection is served once it has a place in `capacity` and holds
+/// it for its whole life. While the daemon is full, the accepted socket waits for a place and
+/// the rest wait in the kernel's queue.
+pub async fn run(listener: TcpListener, ctx: Arc<Context>, capacity: Arc<Capacity>) {
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the permit semaphore is never closed"),
-            () = ctx.shutdown.accepting_stopped() => return,
-        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             () = ctx.shutdown.accepting_stopped() => return,
@@ -59,6 +118,12 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, permits: Arc<Semaphor
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);
+                let permit = tokio::select! {
+                    p = capacity.acquire() => p,
+                    () = ctx.shutdown.accepting_stopped() => return,
+                };
+                // A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d; limits and logs use a.b.c.d.
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                 let ctx2 = ctx.clone();
                 ctx.shutdown.spawn_connection(async move {
                     connection::serve(tcp, peer, ctx2).await;

@@ -4,7 +4,7 @@
 //! removes only itself and never its successor.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, Notify};
@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::broadcast::Frames;
+use crate::frame::PONG;
 
 /// Close code sent to a connection replaced by a newer one with the same key.
 pub const REPLACED: u16 = 4000;
@@ -36,12 +37,20 @@ impl Ending {
     }
 }
 
+/// Control-frame replies (pongs, close echoes) buffered at most, in bytes; past it older pongs
+/// are dropped, which RFC 6455 5.5.3 allows (answer only the latest ping).
+const REPLIES_CAP: usize = 4096;
+
 /// The shared end-of-life switch of one connection: the broadcaster, the registry, the
-/// shutdown and the connection's own reader all end it through here.
+/// shutdown and the connection's own reader all end it through here. It also carries the
+/// control-frame replies the reader produces to the writer, the only one that writes.
 #[derive(Debug, Default)]
 pub struct Control {
     ending: OnceLock<Ending>,
     notify: Notify,
+    /// A std Mutex: held to append or take a few bytes, never across an await.
+    replies: Mutex<Vec<u8>>,
+    replied: Notify,
 }
 
 impl Control {
@@ -65,6 +74,28 @@ impl Control {
         while self.ending.get().is_none() {
             self.notify.notified().await;
         }
+    }
+
+    /// Queues encoded control frames for the writer.
+    pub fn reply(&self, frames: &[u8]) {
+        let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        if replies.len() + frames.len() > REPLIES_CAP && frames.first() == Some(&(0x80 | PONG)) {
+            // Only pongs pile up (one close at most follows them): keep the latest.
+            replies.clear();
+        }
+        replies.extend_from_slice(frames);
+        drop(replies);
+        self.replied.notify_one();
+    }
+
+    /// Takes the queued replies.
+    pub fn take_replies(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.replies.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves when replies were queued since the last call.
+    pub async fn replied(&self) {
+        self.replied.notified().await
     }
 }
 

@@ -5,6 +5,7 @@
 //! in every queue before the queues are drained: nothing accepted is lost.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -27,14 +28,33 @@ pub struct Shutdown {
     readers: TaskTracker,
     connections: TaskTracker,
     deadline: OnceLock<Instant>,
+    /// Upgraded connections whose task has not ended (closing ones included).
+    clients: AtomicUsize,
+    /// Clients that ended after the drain began.
+    drained: AtomicUsize,
 }
 
-/// What a drain achieved, for the `drained N, cut off M` line.
+/// Held by a connection from its 101 to the end of its task: what the drain summary counts.
+#[derive(Debug)]
+pub struct ClientGuard<'a>(&'a Shutdown);
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        // Counted as drained before it stops being live, so a report never misses it.
+        if self.0.deadline.get().is_some() {
+            self.0.drained.fetch_add(1, Ordering::AcqRel);
+        }
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a drain achieved, for the `drained N, cut off M` line. Both count clients (upgraded
+/// connections), never handshakes or tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
-    /// Connections that were open and closed within the deadline.
+    /// Clients that ended after the drain began.
     pub drained: usize,
-    /// Connections still open at the deadline.
+    /// Clients still connected (or still flushing) when the drain ended or gave up.
     pub cut_off: usize,
 }
 
@@ -64,6 +84,18 @@ impl Shutdown {
         self.readers.token()
     }
 
+    /// Counts an upgraded connection until the guard drops.
+    pub fn client(&self) -> ClientGuard<'_> {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        ClientGuard(self)
+    }
+
+    /// The clients drained so far and those still connected.
+    pub fn report(&self) -> DrainReport {
+        let drained = self.drained.load(Ordering::Acquire);
+        DrainReport { drained, cut_off: self.clients.load(Ordering::Acquire) }
+    }
+
     /// Spawns a connection task that the drain waits for.
     pub fn spawn_connection<F>(&self, task: F)
     where
@@ -76,8 +108,6 @@ impl Shutdown {
     pub async fn drain(&self, registry: &Registry, timeout: Duration) -> DrainReport {
         let deadline = *self.deadline.get_or_init(|| Instant::now() + timeout);
         self.stop_accepting.cancel();
-        // Counted as tasks, like the cut-off ones: handshakes and closing connections included.
-        let open = self.connections.len();
         self.stop_reading.cancel();
         self.readers.close();
         let _ = tokio::time::timeout_at(deadline, self.readers.wait()).await;
@@ -89,7 +119,6 @@ impl Shutdown {
         });
         self.connections.close();
         let _ = tokio::time::timeout_at(deadline, self.connections.wait()).await;
-        let cut_off = self.connections.len();
-        DrainReport { drained: open.saturating_sub(cut_off), cut_off }
+        self.report()
     }
 }

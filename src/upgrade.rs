@@ -12,8 +12,6 @@ use percent_encoding::percent_decode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
 /// Largest request head (request line and headers) read before answering 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -74,12 +72,30 @@ pub enum HandshakeError {
     Io(#[from] io::Error),
 }
 
-/// Reads and answers the upgrade request; on success the socket speaks WebSocket.
-pub async fn accept<S>(
+/// A WebSocket connection right after our 101.
+#[derive(Debug)]
+pub struct Upgraded<S, T> {
+    /// The socket, now speaking WebSocket.
+    pub stream: S,
+    /// Bytes the client sent after its head (its first frames, if it did not wait for our 101).
+    pub tail: Vec<u8>,
+    /// What the client asked for.
+    pub params: ClientParams,
+    /// What `admit` returned.
+    pub admitted: T,
+}
+
+/// Longest a refusal (503) may take to write before the socket is closed: a refused client must
+/// not keep its place.
+const REFUSAL_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and answers the upgrade request. `admit` runs once the head is complete and valid, just
+/// before the 101; its error is answered at once and the socket closed without lingering.
+pub async fn accept<S, T>(
     mut stream: S,
     policy: &Policy,
-    config: WebSocketConfig,
-) -> Result<(WebSocketStream<S>, ClientParams), HandshakeError>
+    admit: impl FnOnce(&ClientParams) -> Result<T, Rejection>,
+) -> Result<Upgraded<S, T>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -95,36 +111,54 @@ where
             );
             return Err(reject(stream, r).await);
         }
+        Err(HeadError::NotHttp(first)) => return Err(reject(stream, not_http(first, policy)).await),
     };
-    match check(&buf[..head_len], policy) {
-        Ok((params, accept_key)) => {
-            let response = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
-            );
-            stream.write_all(response.as_bytes()).await?;
-            stream.flush().await?;
-            // Bytes after the head are the client's first frames (it did not wait for our 101).
-            let tail = buf.split_off(head_len);
-            drop(buf);
-            let ws = WebSocketStream::from_partially_read(stream, tail, Role::Server, Some(config)).await;
-            Ok((ws, params))
-        }
-        Err(r) => Err(reject(stream, r).await),
-    }
+    let (params, accept_key) = match check(&buf[..head_len], policy) {
+        Ok(pair) => pair,
+        Err(r) => return Err(reject(stream, r).await),
+    };
+    let admitted = match admit(&params) {
+        Ok(a) => a,
+        Err(r) => return Err(refuse(stream, r).await),
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.flush().await?;
+    let tail = buf.split_off(head_len);
+    Ok(Upgraded { stream, tail, params, admitted })
 }
+
+/// The answer to bytes that cannot start an HTTP request, given at once instead of waiting for a
+/// head that will never end.
+fn not_http(first: u8, policy: &Policy) -> Rejection {
+    let hint = format!("connect with {}://HOST:PORT{}?specialKey=YOUR_KEY", policy.scheme, policy.path);
+    let reason = if first == TLS_HANDSHAKE {
+        format!("this port speaks plain HTTP, but a TLS handshake arrived: {hint}")
+    } else {
+        format!("not an HTTP request: {hint}")
+    };
+    Rejection::new(StatusCode::BAD_REQUEST, reason)
+}
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 enum HeadError {
     Io(io::Error),
     Eof,
     TooLarge,
+    /// The first byte cannot begin a request line.
+    NotHttp(u8),
 }
 
 /// Reads until the blank line that ends the head; returns the head's length (the buffer may
 /// hold more).
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<usize, HeadError> {
     loop {
-        let searched = buf.len().saturating_sub(3);
+        let searched = buf.len().saturating_sub(2);
         if buf.capacity() == buf.len() {
             buf.reserve(1024);
         }
@@ -133,11 +167,13 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> R
         if n == 0 {
             return Err(HeadError::Eof);
         }
-        let crlf = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n").map(|p| searched + p + 4);
-        // httparse also accepts bare LF line ends; without this such a head would wait for the
-        // deadline instead of getting an answer.
-        let lf = || buf[searched.saturating_sub(1)..].windows(2).position(|w| w == b"\n\n");
-        if let Some(end) = crlf.or_else(|| lf().map(|p| searched.saturating_sub(1) + p + 2)) {
+        // httparse skips blank lines before the request line; anything else must be a token.
+        if let Some(&first) = buf.iter().find(|b| !matches!(b, b'\r' | b'\n')) {
+            if !is_token_byte(first) {
+                return Err(HeadError::NotHttp(first));
+            }
+        }
+        if let Some(end) = head_end(buf, searched) {
             // A head that arrived whole in one read is held to the same limit.
             return if end > MAX_HEAD { Err(HeadError::TooLarge) } else { Ok(end) };
         }
@@ -147,8 +183,57 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> R
     }
 }
 
-/// Writes the error answer and closes our side; the returned error carries the rejection.
+/// Where the head ends: after the first empty line, searching from `from`. Lines may end in CRLF
+/// or in a bare LF, as httparse accepts, so an empty line is `\n\n` or `\n\r\n`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        match buf.get(nl + 1..) {
+            Some([b'\n', ..]) => return Some(nl + 2),
+            Some([b'\r', b'\n', ..]) => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// An HTTP token character (RFC 9110 tchar), the only bytes a method may hold.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Writes the error answer and closes our side; the returned error carries the rejection. The
+/// client may still be sending (a body, early frames): we read until it closes, bounded by the
+/// caller's deadline, so our close is a FIN after the answer and not a reset that destroys it.
 pub async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, r: Rejection) -> HandshakeError {
+    let answered = async {
+        answer(&mut stream, &r).await?;
+        let mut sink = vec![0u8; 512];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    }
+    .await;
+    if let Err(e) = answered {
+        tracing::debug!(%e, "peer left before reading the rejection");
+    }
+    HandshakeError::Rejected(r)
+}
+
+/// Like [`reject`], but closes as soon as the answer is written (within [`REFUSAL_BOUND`]):
+/// a refused connection must free its place at once. Its head was read whole, so the close is
+/// a FIN, not a reset.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, r: Rejection) -> HandshakeError {
+    match tokio::time::timeout(REFUSAL_BOUND, answer(&mut stream, &r)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%e, "peer left before reading the refusal"),
+        Err(_) => tracing::debug!("refusal not written in time, closing"),
+    }
+    HandshakeError::Rejected(r)
+}
+
+/// Writes `r` as an HTTP response and shuts our side down.
+async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, r: &Rejection) -> io::Result<()> {
     let body = format!("{}\n", r.reason);
     let extra = r.header.as_ref().map(|(k, v)| format!("{k}: {v}\r\n")).unwrap_or_default();
     let response = format!(
@@ -158,20 +243,8 @@ pub async fn reject<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, r: Rejecti
         r.status.canonical_reason().unwrap_or(""),
         body.len(),
     );
-    let written = async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await?;
-        // Read what the client still sends until it closes, so our close is a FIN after the
-        // answer and not a reset that could destroy it; bounded by the handshake deadline.
-        let mut sink = vec![0u8; 512];
-        while stream.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    }
-    .await;
-    if let Err(e) = written {
-        tracing::debug!(%e, "peer left before reading the rejection");
-    }
-    HandshakeError::Rejected(r)
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 /// Validates a complete request head: returns the client's parameters and the
@@ -199,11 +272,16 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
             ))
         }
     }
-    let target = req.path.unwrap_or("/");
+    let target = origin_form(req.path.unwrap_or("/"));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let header = |name: &str| {
-        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
-    };
+    let path = if path.is_empty() { "/" } else { path };
+    let lines = |name: &'static str| req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    let header = |name: &'static str| lines(name).next().and_then(|h| std::str::from_utf8(h.value).ok());
+    // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host.
+    if req.version == Some(1) && lines("Host").count() != 1 {
+        let problem = if header("Host").is_none() { "has no Host header" } else { "has more than one Host header" };
+        return Err(Rejection::new(StatusCode::BAD_REQUEST, format!("the request {problem}: {generic_hint}")));
+    }
     let host = header("Host").unwrap_or("HOST:PORT");
     let hint = format!("connect with {}://{host}{}?specialKey=YOUR_KEY", policy.scheme, policy.path);
 
@@ -215,8 +293,12 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
         r.header = Some(("Upgrade", "websocket".into()));
         return Err(r);
     }
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    // A list-valued header may be split over several lines; they combine (RFC 9110 5.3).
+    let has_token = |name: &'static str, token: &str| {
+        lines(name)
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     if req.version != Some(1) || !has_token("Connection", "upgrade") || !has_token("Upgrade", "websocket") {
         let mut r = Rejection::new(StatusCode::UPGRADE_REQUIRED, format!("this is a WebSocket endpoint: {hint}"));
@@ -229,9 +311,12 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
         r.header = Some(("Sec-WebSocket-Version", "13".into()));
         return Err(r);
     }
+    // RFC 6455 4.2.1: one key, the base64 of 16 bytes.
     let key = header("Sec-WebSocket-Key")
-        .filter(|k| k.len() == 24 && k.ends_with("=="))
-        .ok_or_else(|| Rejection::new(StatusCode::BAD_REQUEST, "missing or malformed Sec-WebSocket-Key"))?;
+        .filter(|k| lines("Sec-WebSocket-Key").count() == 1 && is_websocket_key(k))
+        .ok_or_else(|| {
+            Rejection::new(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be given once, as the base64 of 16 bytes")
+        })?;
     if !policy.allowed_origins.is_empty() {
         if let Some(origin) = header("Origin") {
             if !policy.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
@@ -241,6 +326,22 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
     }
     let params = parse_query(query).map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason))?;
     Ok((params, derive_accept_key(key.as_bytes())))
+}
+
+/// The origin form (`/path?query`) of a request target; the absolute form
+/// (`http://host/path?query`, RFC 9112 3.2.2) is one a server must accept too.
+fn origin_form(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else { return target };
+    if !["http", "https", "ws", "wss"].iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        return target;
+    }
+    // `http://host` and `http://host?q` have an empty path, which means `/`.
+    rest.find(['/', '?']).map_or("/", |i| &rest[i..])
+}
+
+/// A `Sec-WebSocket-Key`: canonical base64 of exactly 16 bytes.
+fn is_websocket_key(key: &str) -> bool {
+    data_encoding::BASE64.decode(key.as_bytes()).is_ok_and(|k| k.len() == 16)
 }
 
 /// Reads `specialKey` and `support_gzip` from a query string; other parameters are ignored (the
@@ -346,6 +447,23 @@ mod tests {
         assert_eq!(parse_query(&format!("specialKey={long}")).unwrap().key.len(), MAX_KEY_LEN);
     }
 
+    #[test]
+    fn head_end_agrees_with_httparse_on_line_ends() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: h\n\n",
+            b"GET / HTTP/1.1\nHost: h\n\r\n",
+        ] {
+            let end = head_end(head, 0).expect("an end");
+            assert_eq!(end, head.len(), "{:?}", String::from_utf8_lossy(head));
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let parsed = httparse::Request::new(&mut headers).parse(head).unwrap();
+            assert_eq!(parsed, httparse::Status::Complete(end), "the parser ends where we do");
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: h\r\n", 0), None);
+        assert!(is_token_byte(b'G') && !is_token_byte(TLS_HANDSHAKE) && !is_token_byte(b' '));
+    }
+
     fn policy(origins: &[&str]) -> Policy {
         Policy { path: "/".into(), allowed_origins: origins.iter().map(|s| s.to_string()).collect(), scheme: "ws" }
     }
@@ -378,6 +496,29 @@ mod tests {
         assert_eq!(status(&request("/?specialKey=a", "Origin: https://evil.example\r\n"), &strict), 403);
         assert_eq!(status(&request("/?specialKey=a", "Origin: https://app.example\r\n"), &strict), 101);
         assert_eq!(status(&request("/?specialKey=a", ""), &strict), 101, "no Origin: not a browser");
+        // RFC 6455 / RFC 9112 strictness.
+        let base = String::from_utf8(request("/?specialKey=a", "")).unwrap();
+        let dup_key = base.replace("\r\n\r\n", "\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n");
+        assert_eq!(status(dup_key.as_bytes(), &any), 400, "two Sec-WebSocket-Keys");
+        for bad in [
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZ===",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "AAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            let other = base.replace("dGhlIHNhbXBsZSBub25jZQ==", bad);
+            assert_eq!(status(other.as_bytes(), &any), 400, "key {bad}");
+        }
+        let no_host = base.replace("Host: h:1\r\n", "");
+        assert_eq!(status(no_host.as_bytes(), &any), 400, "HTTP/1.1 without Host");
+        let two_hosts = base.replace("Host: h:1\r\n", "Host: h:1\r\nHost: h:2\r\n");
+        assert_eq!(status(two_hosts.as_bytes(), &any), 400, "two Hosts");
+        assert_eq!(status(&request("http://h:1/?specialKey=a", ""), &any), 101, "absolute form");
+        assert_eq!(status(&request("HTTP://h:1?specialKey=a", ""), &any), 101, "absolute form, empty path");
+        assert_eq!(status(&request("http://h:1/chat?specialKey=a", ""), &any), 404);
+        let split =
+            base.replace("Connection: keep-alive, Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n");
+        assert_eq!(status(split.as_bytes(), &any), 101, "Connection over two lines");
         let r = check(b"GET / HTTP/1.1\r\nHost: example:8888\r\n\r\n", &any).unwrap_err();
         assert!(r.reason.contains("ws://example:8888/?specialKey="), "{}", r.reason);
     }

@@ -106,10 +106,6 @@ async fn close_code(tcp: &mut TcpStream) -> u16 {
     .await
 }
 
-fn status(response: &str) -> u16 {
-    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_on_the_http_handshake_is_cut_at_the_deadline() {
     let (d, mut b) = daemon_with(|c| c.server.handshake_timeout = Duration::from_millis(600)).await;
@@ -151,16 +147,199 @@ async fn slowloris_on_tls_and_plaintext_on_the_tls_port_are_cut() {
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_on_the_plain_port_gets_400() {
-    let (d, mut b) = daemon_with(|_| {}).await;
-    let mut tcp = TcpStream::connect(d.addr).await.unwrap();
-    // A TLS ClientHello record header and some bytes, then a blank line to end the "head".
-    tcp.write_all(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n").await.unwrap();
+/// Reads a whole answer the daemon closes after; panics if it does not close within `WAIT`
+/// although the client keeps its side open.
+async fn answer_then_close(tcp: &mut TcpStream) -> String {
     let mut out = Vec::new();
-    within("answer", tcp.read_to_end(&mut out)).await.unwrap();
-    assert_eq!(status(&String::from_utf8_lossy(&out)), 400);
+    within("the answer and the daemon's close", tcp.read_to_end(&mut out)).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_the_plain_port_gets_400_at_once() {
+    // A deadline far beyond the test's own wait: only an immediate answer passes.
+    let (d, mut b) = daemon_with(|c| c.server.handshake_timeout = Duration::from_secs(60)).await;
+    let mut tcp = TcpStream::connect(d.addr).await.unwrap();
+    // A real ClientHello, which holds no line end, and the socket kept open.
+    tcp.write_all(&client_hello()).await.unwrap();
+    let answer = answer_then_close(&mut tcp).await;
+    assert_eq!(status(&answer), 400, "{answer}");
+    assert!(answer.contains("TLS handshake") && answer.contains("ws://"), "{answer}");
     b.check("TLS on the plain port").await;
+    d.stop().await;
+}
+
+/// The first flight of a rustls client: a TLS record holding a ClientHello.
+fn client_hello() -> Vec<u8> {
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert_eq!(hello[0], 0x16, "a handshake record");
+    hello
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lf_lines_with_a_crlf_blank_line_end_the_head() {
+    let (d, mut b) = daemon_with(|c| c.server.handshake_timeout = Duration::from_secs(60)).await;
+    let lf = upgrade_request("/?specialKey=lf", "").replace("\r\n", "\n");
+    // Bare-LF lines, then CRLF as the blank line: httparse accepts it, so must we, at once.
+    let head = lf.strip_suffix('\n').unwrap().to_string() + "\r\n";
+    let answer = within("101", http_head(d.addr, &head)).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    let mut tcp = TcpStream::connect(d.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\nHost: x\n\r\n").await.unwrap();
+    assert_eq!(status(&answer_then_close(&mut tcp).await), 426);
+    b.check("LF heads with a CRLF blank line").await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_strictness_of_rfc_6455_and_rfc_9112() {
+    let (d, mut b) = daemon_with(|_| {}).await;
+    let good = upgrade_request("/?specialKey=strict", "");
+    let cases = [
+        (
+            "a second Sec-WebSocket-Key",
+            good.replace("\r\n\r\n", "\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n"),
+            400,
+        ),
+        ("a key of 17 bytes", good.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZTE="), 400),
+        ("a key that is not base64", good.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j*Q=="), 400),
+        ("no Host", good.replace("Host: localhost\r\n", ""), 400),
+        ("two Hosts", good.replace("Host: localhost\r\n", "Host: a\r\nHost: b\r\n"), 400),
+    ];
+    for (what, request, expected) in cases {
+        let answer = http(d.addr, &request).await;
+        assert_eq!(status(&answer), expected, "{what}: {answer}");
+    }
+    let absolute = good.replace("GET /?specialKey", "GET http://localhost/?specialKey");
+    assert!(http_head(d.addr, &absolute).await.starts_with("HTTP/1.1 101"), "absolute-form target");
+    let split = good.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n");
+    assert!(http_head(d.addr, &split).await.starts_with("HTTP/1.1 101"), "Connection over two lines");
+    b.check("strict handshakes").await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_free_their_slot_at_once() {
+    let (d, mut b) = daemon_with(|c| {
+        c.server.max_connections = 50;
+        c.server.max_connections_per_ip = 2;
+        c.server.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // One address opens 60 connections and never closes one.
+    let greedy: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut held = Vec::new();
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..60 {
+        let mut tcp = tcp_from(d.addr, greedy).await;
+        tcp.write_all(upgrade_request(&format!("/?specialKey=greedy{i}"), "").as_bytes()).await.unwrap();
+        let answer = if i < 2 {
+            head_of(&mut tcp).await
+        } else {
+            // A refusal is closed by the daemon right after the answer, while we keep our side.
+            answer_then_close(&mut tcp).await
+        };
+        *answers.entry(status(&answer)).or_default() += 1;
+        held.push(tcp);
+    }
+    assert_eq!(answers, [(101, 2), (503, 58)].into_iter().collect());
+    // Another address is served at once: no slot is held by a refused socket.
+    let mut other = within("another address served", connect_from(d.addr, [127, 0, 0, 3].into(), "other")).await;
+    send(&mut other, "from another address").await;
+    assert_eq!(recv_as(&mut b.receiver, true).await, "from another address");
+    assert_eq!(recv_as(&mut b.sender, false).await, "from another address");
+    b.check("58 refused connections held open").await;
+    d.stop().await;
+}
+
+/// Reads a response head from a connection that stays open (a 101).
+async fn head_of(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within("a response head", tcp.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connects_and_a_greedy_address_leave_others_their_handshakes() {
+    let (d, mut b) = daemon_with(|c| c.server.max_handshakes_per_second = 50).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = d.addr;
+    // One address connects and resets without a byte; another upgrades as fast as it can.
+    let resetter = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tcp = tcp_from(addr, [127, 0, 0, 4].into()).await;
+                tcp.set_linger(Some(Duration::ZERO)).unwrap();
+                drop(tcp);
+                n += 1;
+            }
+            n
+        }
+    });
+    let greedy = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut upgraded = 0u32;
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let request = upgrade_request(&format!("/?specialKey=greedy{i}"), "");
+                let head = head_over(tcp_from(addr, [127, 0, 0, 5].into()).await, &request).await;
+                upgraded += u32::from(head.starts_with("HTTP/1.1 101"));
+            }
+            upgraded
+        }
+    });
+    // A polite address: 20 upgrades at 10 per second, well inside its share.
+    let mut polite = 0;
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let request = upgrade_request(&format!("/?specialKey=polite{i}"), "");
+        let head = head_over(tcp_from(addr, [127, 0, 0, 6].into()).await, &request).await;
+        polite += usize::from(head.starts_with("HTTP/1.1 101"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let resets = within("resetter", resetter).await.unwrap();
+    let greedy = within("greedy", greedy).await.unwrap();
+    assert!(resets > 100, "the resetter ran: {resets}");
+    assert_eq!(polite, 20, "the polite address got every handshake (greedy got {greedy}, {resets} resets)");
+    // Over about 2 s the greedy address got about its share (a quarter of 50/s, burst included).
+    assert!((10..=45).contains(&greedy), "greedy address upgraded {greedy} times");
+    b.check("a reset flood and a greedy address").await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_member_gzip_is_inflated_whole_and_trailing_garbage_is_1007() {
+    let (d, mut b) = daemon_with(|_| {}).await;
+    let mut t = raw_ws(d.addr, "members").await;
+    let mut two = gzip(b"hello ");
+    two.extend_from_slice(&gzip(b"world"));
+    t.write_all(&frame(true, 0x2, &two)).await.unwrap();
+    assert_eq!(recv_as(&mut b.receiver, true).await, "hello world");
+    assert_eq!(recv_as(&mut b.sender, false).await, "hello world");
+    let mut t = raw_ws(d.addr, "garbage").await;
+    let mut trailing = gzip(b"hello");
+    trailing.extend_from_slice(b"not a member");
+    t.write_all(&frame(true, 0x2, &trailing)).await.unwrap();
+    assert_eq!(close_code(&mut t).await, 1007);
+    b.check("multi-member gzip and trailing garbage").await;
     d.stop().await;
 }
 

@@ -429,11 +429,12 @@ async fn handshake_rate_limit_paces_a_storm_with_jittered_retry_after() {
     let mut c = config();
     c.server.max_handshakes_per_second = 5;
     let d = start(c).await;
-    let storm: Vec<_> = (0..20)
+    // Twenty addresses, one handshake each: the daemon-wide budget is what limits them.
+    let storm: Vec<_> = (0..20u8)
         .map(|i| {
             let request = upgrade_request(&format!("/?specialKey=s{i}"), "");
             let addr = d.addr;
-            tokio::spawn(async move { http_head(addr, &request).await })
+            tokio::spawn(async move { head_over(tcp_from(addr, [127, 0, 0, 10 + i].into()).await, &request).await })
         })
         .collect();
     let (mut admitted, mut refused) = (0, 0);

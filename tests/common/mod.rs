@@ -173,10 +173,38 @@ pub async fn http(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A TCP connection to `addr` from the loopback address `from` (e.g. 127.0.0.7), so tests can
+/// play several clients on one machine.
+pub async fn tcp_from(addr: SocketAddr, from: std::net::IpAddr) -> TcpStream {
+    let socket =
+        if from.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    within("tcp connect", socket.connect(addr)).await.unwrap()
+}
+
+/// Connects a plain ws client from the loopback address `from` and waits for the 101.
+pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr, key: &str) -> Ws {
+    let tcp = tcp_from(addr, from).await;
+    let (ws, _) = within("upgrade", tokio_tungstenite::client_async(url(addr, "ws", key, false), tcp))
+        .await
+        .expect("upgrade accepted");
+    ws
+}
+
+/// The status code of an HTTP response (0 if there is none).
+pub fn status(response: &str) -> u16 {
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 /// Sends a raw HTTP request and returns the response head only (for answers that keep the
 /// connection, like 101).
 pub async fn http_head(addr: SocketAddr, request: &str) -> String {
-    let mut tcp = within("tcp connect", TcpStream::connect(addr)).await.unwrap();
+    let tcp = within("tcp connect", TcpStream::connect(addr)).await.unwrap();
+    head_over(tcp, request).await
+}
+
+/// Sends `request` over `tcp` and returns the response head.
+pub async fn head_over(mut tcp: TcpStream, request: &str) -> String {
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     within("http response head", async {

@@ -1,0 +1,206 @@
+//! Server frames on the wire: encoding (once per message, shared by every recipient) and the
+//! per-connection [`Outbox`] that writes them straight from those shared buffers.
+//!
+//! The writer is ours, not tungstenite's: tungstenite copies each frame into an output buffer
+//! that it drains but never shrinks, so every connection kept the capacity of the largest frame
+//! it was ever sent. Here a connection holds references to shared frames while they are being
+//! written and nothing once they are: after a large message it is back to its idle footprint.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+
+use crate::broadcast::Frames;
+
+/// Text frame opcode.
+pub const TEXT: u8 = 0x1;
+/// Binary frame opcode.
+pub const BINARY: u8 = 0x2;
+/// Close frame opcode.
+pub const CLOSE: u8 = 0x8;
+/// Ping frame opcode.
+pub const PING: u8 = 0x9;
+/// Pong frame opcode.
+pub const PONG: u8 = 0xA;
+
+/// Data frames a single vectored write carries at most.
+const MAX_IOV: usize = 64;
+
+/// One unmasked, final server frame: header and payload in one buffer.
+pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(10 + payload.len());
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// A Close frame with `code` and `reason` (cut to the 123 bytes a close reason may hold, at a
+/// character boundary).
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(CLOSE, &payload)
+}
+
+/// What one connection still has to write, and how far it got.
+///
+/// Control frames (pong and close replies, pings, our close) go out between data frames, never
+/// inside one. The state lives here rather than in a future, so a write interrupted by a
+/// `select!` resumes exactly where it stopped.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Broadcasts taken from the queue and not yet fully written; bounded by the batch size.
+    pub batch: Vec<Arc<Frames>>,
+    /// Bytes of `batch[0]` already written.
+    written: usize,
+    /// Control frames waiting for the next frame boundary; empty (unallocated) when idle.
+    control: Vec<u8>,
+    /// Bytes of `control` already written.
+    control_written: usize,
+    gzip: bool,
+}
+
+impl Outbox {
+    /// An empty outbox for a client that wants gzip (Binary) frames or text ones.
+    pub fn new(gzip: bool) -> Self {
+        Self { batch: Vec::new(), written: 0, control: Vec::new(), control_written: 0, gzip }
+    }
+
+    /// Queues control frames (already encoded) for the next frame boundary.
+    pub fn push_control(&mut self, frames: &[u8]) {
+        self.control.extend_from_slice(frames);
+    }
+
+    /// Drops every broadcast not yet started; one already half-written is kept, since the
+    /// stream would be corrupt without its rest.
+    pub fn discard_unstarted(&mut self) {
+        self.batch.truncate(usize::from(self.written > 0));
+    }
+
+    /// True when nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.control.is_empty()
+    }
+
+    /// Writes everything queued, then flushes. Cancel safe: progress is kept in `self`.
+    pub async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(Pin::new(&mut *io), cx)).await
+    }
+
+    fn poll_flush<W: AsyncWrite>(&mut self, mut io: Pin<&mut W>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let control_pending = self.control_written < self.control.len();
+            if control_pending && self.written == 0 {
+                let n = nonzero(ready!(io.as_mut().poll_write(cx, &self.control[self.control_written..]))?)?;
+                self.control_written += n;
+                if self.control_written == self.control.len() {
+                    // Released: control frames are rare, an idle connection holds no buffer.
+                    self.control = Vec::new();
+                    self.control_written = 0;
+                }
+                continue;
+            }
+            if self.batch.is_empty() {
+                return io.poll_flush(cx);
+            }
+            // With a control frame waiting, finish only the current frame to reach a boundary.
+            let count = if control_pending { 1 } else { self.batch.len().min(MAX_IOV) };
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            for (i, frames) in self.batch[..count].iter().enumerate() {
+                let wire = frames.wire(self.gzip);
+                slices[i] = IoSlice::new(if i == 0 { &wire[self.written..] } else { wire });
+            }
+            let n = nonzero(ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?)?;
+            self.advance(n);
+        }
+    }
+
+    /// Accounts for `n` written bytes of the batch.
+    fn advance(&mut self, mut n: usize) {
+        let mut done = 0;
+        for frames in &self.batch {
+            let left = frames.wire(self.gzip).len() - self.written;
+            if n < left {
+                self.written += n;
+                break;
+            }
+            n -= left;
+            self.written = 0;
+            done += 1;
+        }
+        self.batch.drain(..done);
+    }
+}
+
+fn nonzero(n: usize) -> io::Result<usize> {
+    if n == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn headers_for_each_length_class() {
+        assert_eq!(&encode(TEXT, b"hi")[..], b"\x81\x02hi");
+        let mid = encode(BINARY, &[7; 300]);
+        assert_eq!(&mid[..4], &[0x82, 126, 1, 44]);
+        assert_eq!(mid.len(), 304);
+        let big = encode(TEXT, &[7; 70_000]);
+        assert_eq!(&big[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(&close(1000, "bye")[..], b"\x88\x05\x03\xe8bye");
+        let long = "\u{e9}".repeat(100);
+        assert_eq!(close(4000, &long)[1], 2 + 122, "cut at a character boundary");
+    }
+
+    #[tokio::test]
+    async fn partial_writes_keep_frames_whole_and_control_between_them() {
+        // A tiny pipe forces many partial writes.
+        let (mut client, mut server) = tokio::io::duplex(7);
+        let mut out = Outbox::new(false);
+        for text in ["first message", "second"] {
+            out.batch.push(Arc::new(Frames::new(text.into(), 6)));
+        }
+        // Nobody reads yet: the first frame is cut after 7 bytes.
+        let started = tokio::time::timeout(std::time::Duration::from_millis(50), out.flush(&mut server)).await;
+        assert!(started.is_err(), "the pipe is full");
+        // A pong queued now must wait for the frame boundary.
+        out.push_control(&encode(PONG, b"p"));
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        out.flush(&mut server).await.unwrap();
+        assert!(out.is_empty());
+        drop(server);
+        let mut expected = encode(TEXT, b"first message").to_vec();
+        expected.extend_from_slice(&encode(PONG, b"p"));
+        expected.extend_from_slice(&encode(TEXT, b"second"));
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+}
