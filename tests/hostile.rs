@@ -284,7 +284,7 @@ async fn silent_connects_and_a_greedy_address_leave_others_their_handshakes() {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let tcp = tcp_from(addr, [127, 0, 0, 4].into()).await;
-                tcp.set_linger(Some(Duration::ZERO)).unwrap();
+                socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
                 drop(tcp);
                 n += 1;
             }
