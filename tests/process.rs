@@ -31,19 +31,19 @@ fn spawn_with(toml: &str, env: &[(&str, &str)]) -> Proc {
     spawn_limited(toml, env, None)
 }
 
-/// Like `spawn_with`, optionally under `ulimit -n LIMIT` (the shell execs the daemon, so the pid
-/// stays the daemon's).
-fn spawn_limited(toml: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Proc {
+/// Like `spawn_with`, optionally after a shell prelude such as `ulimit -n 48` (the shell execs
+/// the daemon, so the pid stays the daemon's).
+fn spawn_limited(toml: &str, env: &[(&str, &str)], prelude: Option<&str>) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     std::fs::write(path.join("wscast.toml"), toml).unwrap();
     let socket = path.join("notify.sock");
     let notify = UnixDatagram::bind(&socket).unwrap();
-    let mut command = match nofile {
+    let mut command = match prelude {
         None => Command::new(BIN),
-        Some(n) => {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(BIN);
+        Some(prelude) => {
+            let mut c = Command::new("bash");
+            c.arg("-c").arg(format!("{prelude} && exec \"$0\" \"$@\"")).arg(BIN);
             c
         }
     };
@@ -250,7 +250,7 @@ async fn sighup_applies_limits_and_names_keys_that_need_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_backs_off_and_recovers() {
-    let p = spawn_limited(&base(""), &[], Some(48));
+    let p = spawn_limited(&base(""), &[], Some("ulimit -n 48"));
     let addr = p.ready().await;
     // More connections than descriptors: the rest wait in the accept queue while accept fails.
     let mut hogs = Vec::new();
@@ -418,4 +418,71 @@ async fn no_leak_after_50_rounds_of_500_connects_and_disconnects() {
     assert!(after <= before + before / 10, "RSS grew from {before} to {after} bytes");
     p.signal("-TERM");
     assert_eq!(p.exit().await.0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_clients_of_a_dual_stack_socket_are_limited_and_trusted_by_their_ipv4_address() {
+    use std::os::fd::AsRawFd;
+    // What systemd passes for `ListenStream=8888`: one IPv6 socket that takes IPv4 too. Bound
+    // to the IPv4-mapped loopback address, so only loopback reaches it.
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+    socket.set_only_v6(false).unwrap();
+    socket.bind(&"[::ffff:127.0.0.1]:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(64).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    let fd = socket.as_raw_fd();
+    // Inherited only for this spawn, as fd 3 (SD_LISTEN_FDS_START).
+    socket.set_cloexec(false).unwrap();
+    let prelude = format!("exec 3<&{fd} && export LISTEN_FDS=1 LISTEN_PID=$$");
+    let toml = "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\n\
+                [shutdown]\ndrain_timeout = \"5s\"\n";
+    let p = spawn_limited(toml, &[], Some(&prelude));
+    socket.set_cloexec(true).unwrap();
+    p.until("READY=1").await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // 127.0.0.1 is a trusted proxy: three connections although the limit is one.
+    let mut trusted = Vec::new();
+    for i in 0..3 {
+        trusted.push(connect(addr, &format!("proxied{i}"), false).await);
+    }
+    // 127.0.0.2 is not: its second connection is refused, by its IPv4 address.
+    let _one = connect_from(addr, [127, 0, 0, 2].into(), "direct").await;
+    let request = upgrade_request("/?specialKey=direct2", "");
+    let refused = head_over(tcp_from(addr, [127, 0, 0, 2].into()).await, &request).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    p.signal("-TERM");
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("socket(s) passed by systemd"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_tls_handshake_is_logged_at_debug_only() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "g");
+    // max_connections within the open-file limit, so that no warning is expected at all.
+    let toml = base(&format!(
+        "[tls]\nenabled = true\ncert = {:?}\nkey = {:?}\n[log]\nlevel = \"info,wscast=debug\"\n",
+        pki.cert, pki.key
+    ));
+    let p = spawn(&toml.replacen("[server]\n", "[server]\nmax_connections = 1000\n", 1));
+    let addr = p.ready().await;
+    for i in 0..5 {
+        let (mut ws, _) = connect_tls(addr, &pki.ca, &format!("garbage{i}"), false).await;
+        // An application-data record whose contents TLS cannot decrypt, under the TLS layer.
+        let tcp = ws.get_mut().get_mut().0;
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend_from_slice(&[0xa5; 32]);
+        tcp.write_all(&record).await.unwrap();
+        // The daemon drops the connection.
+        while let Some(Ok(_)) = within("the daemon's close", ws.next()).await {}
+    }
+    p.signal("-TERM");
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("cannot decrypt"), "the garbage was seen (at debug): {stderr}");
+    let warnings: Vec<_> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(warnings.is_empty(), "a client's garbage logged warnings: {warnings:#?}");
 }

@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
+use wscast::shutdown::DrainReport;
+use wscast::signals::Event;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_reaches_every_client_in_its_encoding_sender_included() {
@@ -475,4 +477,116 @@ async fn message_rate_limit_closes_the_flooder_with_1008() {
         }
     }
     d.stop().await;
+}
+
+/// A config file for reload tests, and the config it holds with `extra` appended.
+fn config_file(dir: &std::path::Path, extra: &str) -> (std::path::PathBuf, wscast::config::Config) {
+    let path = dir.join("wscast.toml");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nhandshake_timeout = \"2s\"\n{extra}\n[shutdown]\ndrain_timeout = \"5s\"\n"
+    );
+    std::fs::write(&path, toml).unwrap();
+    let config = wscast::config::load(Some(&path)).unwrap();
+    (path, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_is_exact_across_listeners() {
+    let mut c = config();
+    c.server.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    c.server.max_connections = 3;
+    let d = start(c).await;
+    // No place is held by an idle accept loop: three IPv4 clients fill the limit.
+    let first = join(&d, "v4-1", false).await;
+    let _second = join(&d, "v4-2", false).await;
+    let _third = join(&d, "v4-3", false).await;
+    let v6 = tokio::spawn(connect(d.addrs[1], "v6", false));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!v6.is_finished(), "a fourth connection was served past max_connections = 3");
+    drop(first);
+    let _v6 = within("the fourth once a place frees", v6).await.unwrap();
+    d.wait_for_clients(3).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_connection_limit_applies_at_once_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, c) = config_file(dir.path(), "max_connections = 10");
+    let d = start_at(c, Some(path)).await;
+    let mut open = Vec::new();
+    for i in 0..8 {
+        open.push(join(&d, &format!("c{i}"), false).await);
+    }
+    config_file(dir.path(), "max_connections = 5");
+    d.reload().await;
+    let ninth = tokio::spawn(connect(d.addr, "ninth", false));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!ninth.is_finished(), "served with 8 open and max_connections lowered to 5");
+    // Down to 5 open: still at the limit.
+    open.truncate(5);
+    d.wait_for_clients(5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!ninth.is_finished(), "served with 5 open and max_connections = 5");
+    open.pop();
+    let _ninth = within("served below the limit", ninth).await.unwrap();
+    d.wait_for_clients(5).await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_ip_limit_switched_on_by_reload_counts_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, c) = config_file(dir.path(), "");
+    let d = start_at(c, Some(path)).await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(join(&d, &format!("k{i}"), false).await);
+    }
+    config_file(dir.path(), "max_connections_per_ip = 3");
+    d.reload().await;
+    let request = upgrade_request("/?specialKey=fourth", "");
+    let refused = http(d.addr, &request).await;
+    assert_eq!(status(&refused), 503, "three were already open from 127.0.0.1: {refused}");
+    let other = head_over(tcp_from(d.addr, [127, 0, 0, 2].into()).await, &request).await;
+    assert!(other.starts_with("HTTP/1.1 101"), "{other}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_summary_counts_clients_not_handshakes() {
+    let mut c = config();
+    c.server.handshake_timeout = Duration::from_secs(1);
+    let d = start(c).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(join(&d, &format!("c{i}"), i % 2 == 0).await);
+    }
+    // Five connections still in their handshake: tasks, not clients.
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(within("connect", TcpStream::connect(d.addr)).await.unwrap());
+    }
+    let report = d.stop().await;
+    assert_eq!(report, DrainReport { drained: 10, cut_off: 0 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_terminate_counts_clients_still_flushing_as_cut_off() {
+    let mut c = config();
+    c.shutdown.drain_timeout = Duration::from_secs(60);
+    let d = start(c).await;
+    // Two clients that never read: their backlogs cannot be flushed.
+    let mut sender = join(&d, "sender", false).await;
+    let _stuck = join(&d, "stuck", false).await;
+    let big = "x".repeat(60 * 1024);
+    for _ in 0..200 {
+        send(&mut sender, &big).await;
+    }
+    within("terminate", d.events.send(Event::Terminate)).await.unwrap();
+    // Both are closing (out of the registry) but still flushing.
+    d.wait_for_clients(0).await;
+    within("second terminate", d.events.send(Event::Terminate)).await.unwrap();
+    let report = within("daemon exit", d.task).await.unwrap();
+    assert_eq!(report, DrainReport { drained: 0, cut_off: 2 });
 }

@@ -31,6 +31,7 @@ pub type Ws<S = TcpStream> = WebSocketStream<S>;
 /// A daemon running in this process.
 pub struct TestDaemon {
     pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     pub registry: Arc<Registry>,
     pub events: mpsc::Sender<Event>,
     pub task: JoinHandle<DrainReport>,
@@ -47,13 +48,20 @@ pub fn config() -> Config {
 
 /// Binds and runs a daemon; events (Terminate, Reload) come from the returned sender.
 pub async fn start(config: Config) -> TestDaemon {
-    let daemon = Daemon::bind(config, None, None).expect("daemon binds");
-    let addr = daemon.local_addrs()[0];
+    start_at(config, None).await
+}
+
+/// Like `start`, with a config file that a Reload event re-reads.
+pub async fn start_at(config: Config, path: Option<PathBuf>) -> TestDaemon {
+    let daemon = Daemon::bind(config, path, None).expect("daemon binds");
+    let addrs = daemon.local_addrs().to_vec();
+    let addr = addrs[0];
     let registry = daemon.registry();
-    let (events, rx) = mpsc::channel(4);
+    // One slot: a send returns only once the daemon took the event before it (see `reload`).
+    let (events, rx) = mpsc::channel(1);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
     let task = tokio::spawn(daemon.run(Box::pin(stream)));
-    TestDaemon { addr, registry, events, task }
+    TestDaemon { addr, addrs, registry, events, task }
 }
 
 impl TestDaemon {
@@ -66,6 +74,15 @@ impl TestDaemon {
             }
         })
         .await
+    }
+
+    /// Sends Reload and returns once the daemon has applied it: with a one-slot channel, the
+    /// third send completes only after the daemon took the second event, which it does only
+    /// after handling the first.
+    pub async fn reload(&self) {
+        for _ in 0..3 {
+            within("reload", self.events.send(Event::Reload)).await.unwrap();
+        }
     }
 
     /// Sends Terminate and returns the drain report.
