@@ -343,7 +343,16 @@ fn one_line(s: &str) -> String {
 impl Config {
     /// Checks what serde cannot: ranges, relations between keys, the log filter syntax.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.server;
+        self.server.validate()?;
+        self.websocket.validate()?;
+        self.log.validate()?;
+        nonzero("shutdown.drain_timeout", self.shutdown.drain_timeout)
+    }
+}
+
+impl Server {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = self;
         if s.listen.is_empty() {
             return Err(ConfigError::invalid("server.listen", "[]", "at least one address is needed"));
         }
@@ -373,7 +382,13 @@ impl Config {
                 "an origin is scheme://host[:port] with no trailing slash",
             ));
         }
-        let w = &self.websocket;
+        Ok(())
+    }
+}
+
+impl WebSocket {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let w = self;
         let size = w.max_message_size.as_u64();
         if size == 0 || size > MAX_MESSAGE_SIZE_CAP {
             return Err(ConfigError::invalid(
@@ -399,7 +414,13 @@ impl Config {
         if w.gzip_level > 9 {
             return Err(ConfigError::invalid("websocket.gzip_level", w.gzip_level, "must be 0 to 9"));
         }
-        let l = &self.log;
+        Ok(())
+    }
+}
+
+impl Log {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = self;
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&l.level) {
             return Err(ConfigError::invalid("log.level", format!("{:?}", l.level), e));
         }
@@ -413,7 +434,6 @@ impl Config {
                 "must be a non-empty file name without '/'",
             ));
         }
-        nonzero("shutdown.drain_timeout", self.shutdown.drain_timeout)?;
         Ok(())
     }
 }

@@ -167,14 +167,21 @@ where
     // Held for the connection's life: its place in the per-address count.
     let _slot = upgraded.admitted;
     let _client = ctx.shutdown.client();
-    let params = upgraded.params;
-    tracing::Span::current().record("key", &*params.key);
+    tracing::Span::current().record("key", &*upgraded.params.key);
+    let run = Box::pin(run_client(upgraded.stream, upgraded.tail, upgraded.params, settings, ctx));
+    run.await
+}
 
+/// Serves an upgraded client: registration, then a reader that publishes and a writer that
+/// delivers until one of them ends it, then the close handshake.
+async fn run_client<S>(stream: S, tail: Vec<u8>, params: ClientParams, settings: &Settings, ctx: &Context)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let control = Arc::new(Control::default());
-    let (read_half, mut write_half) = tokio::io::split(upgraded.stream);
+    let (read_half, mut write_half) = tokio::io::split(stream);
     let read_side = ReadSide { io: read_half, control: control.clone() };
-    let mut ws =
-        WebSocketStream::from_partially_read(read_side, upgraded.tail, Role::Server, Some(settings.websocket)).await;
+    let mut ws = WebSocketStream::from_partially_read(read_side, tail, Role::Server, Some(settings.websocket)).await;
     let (queue, rx) = mpsc::channel(settings.send_queue);
     let id = ctx.registry.next_id();
     let client = Client { id, gzip: params.gzip, queue, control: control.clone() };

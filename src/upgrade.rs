@@ -288,6 +288,22 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
     if path != policy.path {
         return Err(Rejection::new(StatusCode::NOT_FOUND, format!("no WebSocket endpoint at {path}: {hint}")));
     }
+    let key = upgrade_headers(&req, &hint)?;
+    if !policy.allowed_origins.is_empty() {
+        if let Some(origin) = header("Origin") {
+            if !policy.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+                return Err(Rejection::new(StatusCode::FORBIDDEN, format!("origin {origin} is not allowed")));
+            }
+        }
+    }
+    let params = parse_query(query).map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason))?;
+    Ok((params, derive_accept_key(key.as_bytes())))
+}
+
+/// The headers that make a GET a WebSocket upgrade (RFC 6455 4.2.1); returns the client's key.
+fn upgrade_headers<'h>(req: &httparse::Request<'_, 'h>, hint: &str) -> Result<&'h str, Rejection> {
+    let lines = |name: &'static str| req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+    let header = |name: &'static str| lines(name).next().and_then(|h| std::str::from_utf8(h.value).ok());
     if req.method != Some("GET") {
         let mut r = Rejection::new(StatusCode::UPGRADE_REQUIRED, format!("only a GET upgrades: {hint}"));
         r.header = Some(("Upgrade", "websocket".into()));
@@ -312,20 +328,9 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
         return Err(r);
     }
     // RFC 6455 4.2.1: one key, the base64 of 16 bytes.
-    let key = header("Sec-WebSocket-Key")
-        .filter(|k| lines("Sec-WebSocket-Key").count() == 1 && is_websocket_key(k))
-        .ok_or_else(|| {
-            Rejection::new(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be given once, as the base64 of 16 bytes")
-        })?;
-    if !policy.allowed_origins.is_empty() {
-        if let Some(origin) = header("Origin") {
-            if !policy.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-                return Err(Rejection::new(StatusCode::FORBIDDEN, format!("origin {origin} is not allowed")));
-            }
-        }
-    }
-    let params = parse_query(query).map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason))?;
-    Ok((params, derive_accept_key(key.as_bytes())))
+    header("Sec-WebSocket-Key").filter(|k| lines("Sec-WebSocket-Key").count() == 1 && is_websocket_key(k)).ok_or_else(
+        || Rejection::new(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be given once, as the base64 of 16 bytes"),
+    )
 }
 
 /// The origin form (`/path?query`) of a request target; the absolute form
