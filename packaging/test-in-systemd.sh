@@ -104,7 +104,14 @@ trap cleanup EXIT
 
 for _ in $(seq 100); do LEADER=$(find_leader) && break; sleep 0.1; done
 [ -n "$LEADER" ] || { cat "$WORK/console.log"; die "the container did not boot"; }
-state=$(inside timeout 60 systemctl is-system-running --wait || true)
+# The leader can be found before systemd has opened its control socket ("Failed to connect to
+# bus"): ask again until it answers.
+state=""
+for _ in $(seq 100); do
+    state=$(inside timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+    [ -n "$state" ] && break
+    sleep 0.2
+done
 case "$state" in running | degraded) ok "container booted ($state), systemd is PID 1" ;; *) die "boot state $state" ;; esac
 
 probe() { inside timeout 60 python3 /mnt/in/probe.py "$@"; }
