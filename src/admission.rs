@@ -6,7 +6,6 @@
 //! Nothing here runs before the request head is complete: a connection that sends nothing costs
 //! nobody else a token. Addresses are counted by [`AddressKey`]: IPv4 whole, IPv6 by prefix.
 
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -123,7 +122,7 @@ impl Admission {
             Err(unavailable(reason, PER_IP_RETRY))
         } else if limits.per_second > 0 && !self.take_token(key, trusted, limits.per_second) {
             // Jittered, so a storm's clients do not all come back in the same second.
-            Err(unavailable("too many new connections right now".into(), 1 + jitter() % 5))
+            Err(unavailable("too many new connections right now".into(), fastrand::u64(1..=5)))
         } else {
             *open += 1;
             Ok(Slot { admission: self, key })
@@ -168,12 +167,6 @@ fn unavailable(reason: String, retry_after: u64) -> Rejection {
     let mut r = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}; retry in {retry_after}s"));
     r.header = Some(("Retry-After", retry_after.to_string()));
     r
-}
-
-fn jitter() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos());
-    h.finish()
 }
 
 #[cfg(test)]

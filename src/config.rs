@@ -438,6 +438,39 @@ impl Log {
     }
 }
 
+impl Config {
+    /// The keys whose change from `self` to `new` needs a restart.
+    pub fn restart_keys(&self, new: &Config) -> Vec<&'static str> {
+        self.carry_restart_keys(&mut new.clone())
+    }
+
+    /// Puts this config's values of the restart-only keys into `new` (a reload keeps them) and
+    /// returns the keys that differed.
+    pub fn carry_restart_keys(&self, new: &mut Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! carry {
+            ($($section:ident . $key:ident),+) => {$(
+                if new.$section.$key != self.$section.$key {
+                    changed.push(concat!(stringify!($section), ".", stringify!($key)));
+                    new.$section.$key = self.$section.$key.clone();
+                }
+            )+};
+        }
+        carry!(
+            server.listen,
+            server.ipv6_prefix,
+            tls.enabled,
+            log.target,
+            log.directory,
+            log.file_prefix,
+            log.rotation,
+            log.max_files,
+            log.format
+        );
+        changed
+    }
+}
+
 fn nonzero(key: &str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
         return Err(ConfigError::invalid(key, "\"0s\"", "must be longer than zero"));
@@ -549,6 +582,21 @@ mod tests {
         let err = parse("\"a\\nb\" = \"\"\"x\ny\"\"\"\n").unwrap_err().to_string();
         assert!(!err.contains('\n'), "{err}");
         assert!(err.contains("a\\nb") && err.contains("unknown key"), "{err}");
+    }
+
+    #[test]
+    fn restart_keys_are_named_and_carried_over() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.server.listen = vec!["127.0.0.1:1".parse().unwrap()];
+        new.tls.enabled = true;
+        new.log.format = LogFormat::Json;
+        new.websocket.send_queue = 5;
+        assert_eq!(old.restart_keys(&new), ["server.listen", "tls.enabled", "log.format"]);
+        assert_eq!(old.carry_restart_keys(&mut new), ["server.listen", "tls.enabled", "log.format"]);
+        assert_eq!((&new.server.listen, new.tls.enabled, new.log.format), (&old.server.listen, false, LogFormat::Text));
+        assert_eq!(new.websocket.send_queue, 5, "a live key keeps its new value");
+        assert!(old.restart_keys(&old).is_empty());
     }
 
     #[test]

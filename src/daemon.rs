@@ -12,19 +12,23 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::admission::Admission;
-use crate::broadcast::Broadcaster;
 use crate::config::{self, Config, ConfigError};
-use crate::connection::{Context, Settings};
+use crate::hub::Hub;
 use crate::listener::{self, Capacity};
 use crate::logging::{self, LevelHandle, LogError};
 use crate::notify;
-use crate::registry::Registry;
+use crate::settings::Settings;
 use crate::shutdown::{DrainReport, Shutdown};
 use crate::signals::Event;
+use crate::state::Context;
 use crate::tls::{self, TlsError};
 
 /// How often `STATUS=` is refreshed with the connection count.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// sysexits EX_OSERR: a socket cannot be bound, the runtime or the signal handlers cannot start.
+pub const EX_OSERR: u8 = 71;
+/// sysexits EX_CONFIG: anything the config can fix.
+pub const EX_CONFIG: u8 = 78;
 
 /// Why the daemon cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +59,8 @@ impl StartError {
     /// sysexits code: 78 (EX_CONFIG) for anything the config can fix, 71 (EX_OSERR) otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Bind { .. } | StartError::Inherited(_) => 71,
-            _ => 78,
+            StartError::Bind { .. } | StartError::Inherited(_) => EX_OSERR,
+            _ => EX_CONFIG,
         }
     }
 }
@@ -85,8 +89,8 @@ pub struct Daemon {
     listeners: Vec<TcpListener>,
     addrs: Vec<SocketAddr>,
     ctx: Arc<Context>,
-    settings: watch::Sender<Arc<Settings>>,
-    tls: watch::Sender<Option<TlsAcceptor>>,
+    /// The one channel a reload goes through.
+    live: watch::Sender<Arc<Settings>>,
     capacity: Arc<Capacity>,
     level: Option<LevelHandle>,
 }
@@ -95,44 +99,20 @@ impl Daemon {
     /// Loads TLS and binds every listener; nothing serves yet. Must run inside a tokio runtime.
     /// `config_path` is what SIGHUP re-reads (the `--config` argument).
     pub fn bind(config: Config, config_path: Option<PathBuf>, level: Option<LevelHandle>) -> Result<Self, StartError> {
-        // Each connection is a descriptor: take the hard limit (systemd's LimitNOFILE=, or the
-        // shell's) instead of the 1024 soft default, and say so when it is still short.
-        let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-        if (nofile as usize) < config.server.max_connections + 64 {
-            warn!(
-                limit = nofile,
-                "the open-file limit is below server.max_connections ({}); raise LimitNOFILE",
-                config.server.max_connections
-            );
-        }
+        raise_open_file_limit(config.server.max_connections);
         let acceptor = load_tls(&config)?;
-        // Sockets from systemd (wscast.socket) take the place of server.listen: systemd keeps
-        // them open across restarts, so no connect is refused while the daemon is down.
-        let mut listeners = listener::inherited().map_err(StartError::Inherited)?;
-        let inherited = !listeners.is_empty();
-        if !inherited {
-            for &addr in &config.server.listen {
-                listeners.push(listener::bind(addr).map_err(|err| StartError::Bind { addr, err })?);
-            }
-        }
+        let listeners = bind_listeners(&config)?;
         let addrs =
             listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>().map_err(StartError::Inherited)?;
-        if inherited {
-            info!("serving {} socket(s) passed by systemd; server.listen is not used", listeners.len());
-        }
-        let (settings, settings_rx) = watch::channel(Arc::new(Settings::new(&config)));
-        let (tls, tls_rx) = watch::channel(acceptor);
-        let registry = Arc::new(Registry::default());
+        let (live, live_rx) = watch::channel(Arc::new(Settings::new(&config, acceptor)));
         let ctx = Arc::new(Context {
             admission: Admission::new(config.server.ipv6_prefix),
-            broadcaster: Broadcaster::new(registry.clone(), config.websocket.gzip_level),
-            registry,
-            settings: settings_rx,
-            tls: tls_rx,
+            hub: Arc::new(Hub::new(live_rx.clone())),
+            live: live_rx,
             shutdown: Shutdown::default(),
         });
-        let capacity = Capacity::new(config.server.max_connections);
-        Ok(Self { config, config_path, listeners, addrs, ctx, settings, tls, capacity, level })
+        let capacity = Arc::new(Capacity::default());
+        Ok(Self { config, config_path, listeners, addrs, ctx, live, capacity, level })
     }
 
     /// The bound addresses (port 0 resolved).
@@ -145,61 +125,56 @@ impl Daemon {
         self.ctx.clone()
     }
 
-    /// The registry, for observing connection counts.
-    pub fn registry(&self) -> Arc<Registry> {
-        self.ctx.registry.clone()
+    /// The hub, for observing connection counts.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.ctx.hub.clone()
     }
 
     /// Serves until a Terminate event (or the end of `events`), then drains.
     pub async fn run(mut self, mut events: impl Stream<Item = Event> + Unpin) -> DrainReport {
+        let listening = self.start_listeners();
+        info!(version = env!("CARGO_PKG_VERSION"), "listening on {listening}");
+        notify::ready(&format!("listening on {listening}"));
+        // STATUS= and WATCHDOG= until the process ends, the drain included.
+        let heartbeat = tokio::spawn(heartbeat(self.ctx.hub.clone(), listening.clone()));
+        while let Some(Event::Reload) = events.next().await {
+            self.reload();
+            notify::ready(&format!("listening on {listening}; {} clients", self.ctx.hub.len()));
+        }
+        let report = self.drain(&mut events).await;
+        heartbeat.abort();
+        report
+    }
+
+    /// Spawns one accept loop per listener; returns the addresses as `ws://a wss://b`.
+    fn start_listeners(&mut self) -> String {
         for listener in std::mem::take(&mut self.listeners) {
             tokio::spawn(listener::run(listener, self.ctx.clone(), self.capacity.clone()));
         }
         let scheme = if self.config.tls.enabled { "wss" } else { "ws" };
-        let listening = self.addrs.iter().map(|a| format!("{scheme}://{a}")).collect::<Vec<_>>().join(" ");
-        info!(version = env!("CARGO_PKG_VERSION"), "listening on {listening}");
-        notify::ready(&format!("listening on {listening}"));
+        self.addrs.iter().map(|a| format!("{scheme}://{a}")).collect::<Vec<_>>().join(" ")
+    }
 
-        let mut status = tokio::time::interval(STATUS_EVERY);
-        let mut watchdog = tokio::time::interval(notify::watchdog_interval().unwrap_or(Duration::MAX / 4));
-        let watchdog_on = notify::watchdog_interval().is_some();
-        let mut last_count = usize::MAX;
-        loop {
-            tokio::select! {
-                event = events.next() => match event {
-                    Some(Event::Reload) => {
-                        self.reload();
-                        notify::ready(&format!("listening on {listening}; {} clients", self.ctx.registry.len()));
-                    }
-                    Some(Event::Terminate) | None => break,
-                },
-                _ = status.tick() => {
-                    let count = self.ctx.registry.len();
-                    if count != last_count {
-                        last_count = count;
-                        notify::status(&format!("listening on {listening}; {count} clients"));
-                    }
-                }
-                _ = watchdog.tick(), if watchdog_on => notify::watchdog(),
-            }
-        }
-
+    /// The drain, cut short by a second Terminate.
+    async fn drain(&self, events: &mut (impl Stream<Item = Event> + Unpin)) -> DrainReport {
         let timeout = self.config.shutdown.drain_timeout;
-        let open = self.ctx.registry.len();
+        let open = self.ctx.hub.len();
         info!(clients = open, "draining within {}", humantime::format_duration(timeout));
         notify::stopping(&format!("draining {open} clients"));
-        let drain = self.ctx.shutdown.drain(&self.ctx.registry, timeout);
+        let drain = self.ctx.shutdown.drain(&self.ctx.hub, timeout);
         tokio::pin!(drain);
         let report = loop {
             tokio::select! {
                 report = &mut drain => break report,
-                event = events.next() => {
-                    if matches!(event, Some(Event::Terminate)) {
+                event = events.next() => match event {
+                    Some(Event::Terminate) => {
                         warn!("second termination signal: exiting at once");
                         break self.ctx.shutdown.report();
                     }
-                }
-                _ = watchdog.tick(), if watchdog_on => notify::watchdog(),
+                    // A reload during the drain changes nothing.
+                    Some(Event::Reload) => {}
+                    None => break (&mut drain).await,
+                },
             }
         };
         if report.cut_off > 0 {
@@ -209,45 +184,19 @@ impl Daemon {
         report
     }
 
-    /// Re-reads the config; applies what can change live, names what needs a restart, and keeps
-    /// the old config whole if anything in the new one is wrong.
+    /// Re-reads the config; applies what can change live (one send on the live channel), names
+    /// what needs a restart, and keeps the old config whole if anything in the new one is wrong.
     fn reload(&mut self) {
         notify::reloading();
         let mut new = match config::load(self.config_path.as_deref()) {
             Ok(c) => c,
-            Err(e) => {
-                error!("reload failed, keeping the running configuration: {e}");
-                return;
-            }
+            Err(e) => return error!("reload failed, keeping the running configuration: {e}"),
         };
-        let old = &self.config;
-        let mut restart = Vec::new();
-        macro_rules! keep_old {
-            ($($key:ident . $field:ident),+) => {$(
-                if new.$key.$field != old.$key.$field {
-                    restart.push(concat!(stringify!($key), ".", stringify!($field)));
-                    new.$key.$field = old.$key.$field.clone();
-                }
-            )+};
-        }
-        keep_old!(
-            server.listen,
-            tls.enabled,
-            log.target,
-            log.directory,
-            log.file_prefix,
-            log.rotation,
-            log.max_files,
-            log.format,
-            server.ipv6_prefix
-        );
-        // After keep_old!: a reload never switches TLS on or off, only swaps the certificate.
+        let restart = self.config.carry_restart_keys(&mut new);
+        // After carrying tls.enabled over: a reload never switches TLS on or off.
         let acceptor = match load_tls(&new) {
             Ok(a) => a,
-            Err(e) => {
-                error!("reload failed, keeping the running configuration: {e}");
-                return;
-            }
+            Err(e) => return error!("reload failed, keeping the running configuration: {e}"),
         };
         if !restart.is_empty() {
             warn!(keys = %restart.join(", "), "changed keys need a restart to take effect");
@@ -257,13 +206,56 @@ impl Daemon {
                 error!("log.level could not be applied: {e}");
             }
         }
-        self.capacity.set_max(new.server.max_connections);
-        if new.tls.enabled {
-            self.tls.send_replace(acceptor);
-        }
-        self.ctx.broadcaster.set_gzip_level(new.websocket.gzip_level);
-        self.settings.send_replace(Arc::new(Settings::new(&new)));
+        self.live.send_replace(Arc::new(Settings::new(&new, acceptor)));
         self.config = new;
         info!("configuration reloaded");
+    }
+}
+
+/// Each connection is a descriptor: take the hard limit (systemd's LimitNOFILE=, or the shell's)
+/// instead of the 1024 soft default, and say so when it is still short.
+fn raise_open_file_limit(max_connections: usize) {
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    if (nofile as usize) < max_connections + 64 {
+        warn!(
+            limit = nofile,
+            "the open-file limit is below server.max_connections ({max_connections}); raise LimitNOFILE"
+        );
+    }
+}
+
+/// Sockets from systemd (wscast.socket) take the place of server.listen: systemd keeps them
+/// open across restarts, so no connect is refused while the daemon is down.
+fn bind_listeners(config: &Config) -> Result<Vec<TcpListener>, StartError> {
+    let inherited = listener::inherited().map_err(StartError::Inherited)?;
+    if !inherited.is_empty() {
+        info!("serving {} socket(s) passed by systemd; server.listen is not used", inherited.len());
+        return Ok(inherited);
+    }
+    config
+        .server
+        .listen
+        .iter()
+        .map(|&addr| listener::bind(addr).map_err(|err| StartError::Bind { addr, err }))
+        .collect()
+}
+
+/// `STATUS=` with the client count when it changes, and `WATCHDOG=1` when systemd asks for it.
+async fn heartbeat(hub: Arc<Hub>, listening: String) {
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    let watchdog = notify::watchdog_interval();
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::MAX / 4));
+    let mut last_count = usize::MAX;
+    loop {
+        tokio::select! {
+            _ = status.tick() => {
+                let count = hub.len();
+                if count != last_count {
+                    last_count = count;
+                    notify::status(&format!("listening on {listening}; {count} clients"));
+                }
+            }
+            _ = ping.tick(), if watchdog.is_some() => notify::watchdog(),
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Server frames on the wire: encoding (once per message, shared by every recipient) and the
+//! Server frames on the wire: [`Frames`], one message encoded once for every recipient, and the
 //! per-connection [`Outbox`] that writes them straight from those shared buffers.
 //!
 //! The writer is ours, not tungstenite's: tungstenite copies each frame into an output buffer
@@ -12,10 +12,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::broadcast::Frames;
+use crate::ending::Code;
+use crate::gzip;
 
 /// Text frame opcode.
 pub const TEXT: u8 = 0x1;
@@ -50,16 +54,51 @@ pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// A Close frame with `code` and `reason` (cut to the 123 bytes a close reason may hold, at a
+/// A Close frame with `code` and `reason` (cut to the bytes a close reason may hold, at a
 /// character boundary).
-pub fn close(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(123);
+pub fn close(code: Code, reason: &str) -> Bytes {
+    let mut end = reason.len().min(crate::ending::MAX_REASON);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    let mut payload = code.to_be_bytes().to_vec();
+    let mut payload = code.as_u16().to_be_bytes().to_vec();
     payload.extend_from_slice(&reason.as_bytes()[..end]);
     encode(CLOSE, &payload)
+}
+
+/// One broadcast message as it goes on the wire, in both encodings: a Text frame, and a Binary
+/// frame of its gzip form. Each is encoded once, whatever the number of recipients; the gzip
+/// form is computed on first use, so it costs nothing when no gzip client exists.
+#[derive(Debug)]
+pub struct Frames {
+    text: Bytes,
+    gzip: OnceLock<Bytes>,
+    level: u32,
+}
+
+impl Frames {
+    /// Encodes `text` as a Text frame; the gzip frame will use `level`.
+    pub fn new(text: Utf8Bytes, level: u32) -> Self {
+        Self { text: encode(TEXT, text.as_bytes()), gzip: OnceLock::new(), level }
+    }
+
+    /// The whole frame (header and payload) for a client: Binary gzip or Text.
+    pub fn wire(&self, gzip: bool) -> &Bytes {
+        if !gzip {
+            return &self.text;
+        }
+        self.gzip.get_or_init(|| encode(BINARY, &gzip::compress(self.payload(), self.level)))
+    }
+
+    /// The text itself, without the frame header.
+    pub fn payload(&self) -> &[u8] {
+        let header = match self.text[1] & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        &self.text[header..]
+    }
 }
 
 /// What one connection still has to write, and how far it got.
@@ -172,9 +211,15 @@ mod tests {
         assert_eq!(mid.len(), 304);
         let big = encode(TEXT, &[7; 70_000]);
         assert_eq!(&big[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
-        assert_eq!(&close(1000, "bye")[..], b"\x88\x05\x03\xe8bye");
+        assert_eq!(&close(Code::Replaced, "bye")[..], b"\x88\x05\x0f\xa0bye");
         let long = "\u{e9}".repeat(100);
-        assert_eq!(close(4000, &long)[1], 2 + 122, "cut at a character boundary");
+        assert_eq!(close(Code::Replaced, &long)[1], 2 + 122, "cut at a character boundary");
+        let frames = Frames::new(Utf8Bytes::from_static("hello"), 6);
+        assert_eq!(frames.payload(), b"hello");
+        assert_eq!(&frames.wire(false)[..], b"\x81\x05hello");
+        let gz = frames.wire(true);
+        assert_eq!(gz[0], 0x82);
+        assert_eq!(gzip::inflate(&gz[2..], 100).unwrap(), "hello");
     }
 
     #[tokio::test]
@@ -183,7 +228,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(7);
         let mut out = Outbox::new(false);
         for text in ["first message", "second"] {
-            out.batch.push(Arc::new(Frames::new(text.into(), 6)));
+            out.batch.push(Arc::new(Frames::new(Utf8Bytes::from_static(text), 6)));
         }
         // Nobody reads yet: the first frame is cut after 7 bytes.
         let started = tokio::time::timeout(std::time::Duration::from_millis(50), out.flush(&mut server)).await;

@@ -4,33 +4,41 @@
 //! # Layout
 //! The data path, top to bottom:
 //! - [`listener`]: accept loop; every accepted socket waits for a place in the connection limit.
-//! - [`tls`]: PEM -> rustls config, hot-swapped through a watch channel.
-//! - [`admission`]: per-address and handshake-rate limits, answered with 503 before the 101
-//!   ([`rate`] holds the token bucket).
-//! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error.
-//! - [`registry`]: one connection per key; replacement closes the old one with 4000.
-//! - [`connection`]: one task per connection, a reader that publishes and a writer that delivers.
-//! - [`broadcast`]: one message -> shared frames in every queue; [`gzip`] compresses once.
-//! - [`frame`]: frames encoded once per message, written to each client from the shared buffer.
+//! - [`tls`]: PEM -> rustls config.
+//! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error; runs
+//!   [`admission`] (per-address and handshake-rate limits, 503) just before the 101.
+//! - [`connection`]: one task per connection: handshake, join, reader, writer, close.
+//! - [`hub`]: the only door to delivery: join (a [`hub::Member`] that leaves on drop), publish,
+//!   send to one key, kick, close all; over [`registry`] (one connection per key) and
+//!   [`fanout`] (one message -> every queue).
+//! - [`writer`]: a connection's queue, replies, pings and close sequence, onto the socket through
+//!   [`frame`] (frames encoded once per message, written from the shared buffer).
 //!
-//! Around it: [`config`] (figment layering and validation), [`logging`], [`signals`],
-//! [`notify`] (sd_notify), [`shutdown`] (phased drain) and [`daemon`] (bind, run, reload).
+//! Leaves: [`ending`] (how a connection ends, every close code), [`rate`] (the token bucket),
+//! [`gzip`]. Around it: [`config`], [`settings`] (the live settings a reload replaces),
+//! [`state`] (what every connection shares), [`logging`], [`signals`], [`notify`] (sd_notify),
+//! [`shutdown`] (phased drain) and [`daemon`] (bind, run, reload).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admission;
-pub mod broadcast;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod ending;
+pub mod fanout;
 pub mod frame;
 pub mod gzip;
+pub mod hub;
 pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod rate;
 pub mod registry;
+pub mod settings;
 pub mod shutdown;
 pub mod signals;
+pub mod state;
 pub mod tls;
 pub mod upgrade;
+pub mod writer;

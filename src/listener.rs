@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, warn};
 
-use crate::connection::{self, Context};
+use crate::connection;
+use crate::settings::Settings;
+use crate::state::Context;
 
 /// Pending connections the kernel may queue: a reconnect storm after a restart waits there
 /// instead of being refused.
@@ -46,14 +48,15 @@ pub fn inherited() -> io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
-/// Open connections at most, exact across every listener and every reload.
+/// The open connections, held to the live `max_connections` exactly, across every listener and
+/// every reload.
 ///
-/// A count and a limit rather than a semaphore: a lowered limit applies at once (nothing new is
-/// served until the count is below it), and no permit sits idle in an accept loop.
-#[derive(Debug)]
+/// A count checked against the live limit rather than a semaphore: a lowered limit applies at
+/// once (nothing new is served until the count is below it), and no permit sits idle in an
+/// accept loop.
+#[derive(Debug, Default)]
 pub struct Capacity {
     open: AtomicUsize,
-    max: AtomicUsize,
     freed: Notify,
 }
 
@@ -69,39 +72,28 @@ impl Drop for Permit {
 }
 
 impl Capacity {
-    /// Room for `max` connections.
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self { open: AtomicUsize::new(0), max: AtomicUsize::new(max), freed: Notify::new() })
-    }
-
-    /// Applies a reloaded `server.max_connections`; open connections above it are not cut.
-    pub fn set_max(&self, max: usize) {
-        self.max.store(max, Ordering::Release);
-        self.freed.notify_waiters();
-    }
-
     /// Connections holding a permit.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Waits until the count is below the limit, then takes a place.
-    pub async fn acquire(self: &Arc<Self>) -> Permit {
+    /// Waits until the count is below the live limit, then takes a place.
+    pub async fn acquire(self: &Arc<Self>, live: &mut watch::Receiver<Arc<Settings>>) -> Permit {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             // Registered before the check, so a release between the check and the wait wakes us.
             freed.as_mut().enable();
-            if self.try_take() {
+            let max = live.borrow_and_update().max_connections;
+            if self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok() {
                 return Permit(self.clone());
             }
-            freed.await;
+            tokio::select! {
+                () = freed => {}
+                // A reload may have raised the limit (no match once the daemon is gone).
+                Ok(()) = live.changed() => {}
+            }
         }
-    }
-
-    fn try_take(&self) -> bool {
-        let max = self.max.load(Ordering::Acquire);
-        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
     }
 }
 
@@ -109,6 +101,7 @@ impl Capacity {
 /// it for its whole life. While the daemon is full, the accepted socket waits for a place and
 /// the rest wait in the kernel's queue.
 pub async fn run(listener: TcpListener, ctx: Arc<Context>, capacity: Arc<Capacity>) {
+    let mut live = ctx.live.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -119,7 +112,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Context>, capacity: Arc<Capacit
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);
                 let permit = tokio::select! {
-                    p = capacity.acquire() => p,
+                    p = capacity.acquire(&mut live) => p,
                     () = ctx.shutdown.accepting_stopped() => return,
                 };
                 // A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d; limits and logs use a.b.c.d.

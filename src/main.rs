@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use wscast::config::{self, LogTarget};
-use wscast::daemon::{self, Daemon};
+use wscast::daemon::{self, Daemon, EX_CONFIG, EX_OSERR};
 use wscast::{logging, signals};
 
 /// WebSocket broadcast daemon.
@@ -21,9 +21,6 @@ struct Cli {
     #[arg(long)]
     check_config: bool,
 }
-
-/// sysexits EX_CONFIG.
-const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,7 +39,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
-        Err(e) => return fail(71, &format!("cannot start the runtime: {e}")),
+        Err(e) => return fail(EX_OSERR, &format!("cannot start the runtime: {e}")),
     };
     let to_file = config.log.target != LogTarget::Stderr;
     let (guard, level) = match logging::init(&config.log) {
@@ -56,7 +53,7 @@ fn main() -> ExitCode {
         };
         let events = match signals::listen() {
             Ok(s) => s,
-            Err(e) => return log_fail(to_file, 71, &format!("cannot install signal handlers: {e}")),
+            Err(e) => return log_fail(to_file, EX_OSERR, &format!("cannot install signal handlers: {e}")),
         };
         daemon.run(events).await;
         ExitCode::SUCCESS

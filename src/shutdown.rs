@@ -14,10 +14,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
-use crate::registry::{Ending, Registry};
-
-/// Close code and reason every client gets when the daemon stops.
-pub const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
+use crate::ending::{Code, Ending};
+use crate::hub::Hub;
 
 /// The daemon's shutdown switches and task tracking.
 #[derive(Debug, Default)]
@@ -105,7 +103,7 @@ impl Shutdown {
     }
 
     /// Runs the phases; returns when every connection is gone or the deadline passed.
-    pub async fn drain(&self, registry: &Registry, timeout: Duration) -> DrainReport {
+    pub async fn drain(&self, hub: &Hub, timeout: Duration) -> DrainReport {
         let deadline = *self.deadline.get_or_init(|| Instant::now() + timeout);
         self.stop_accepting.cancel();
         self.stop_reading.cancel();
@@ -114,9 +112,7 @@ impl Shutdown {
         // Set the flag before the sweep: a connection registering now either is in the sweep or
         // sees the flag right after registering.
         self.closing.cancel();
-        registry.for_each(|c| {
-            c.control.end(Ending::close(GOING_AWAY.0, GOING_AWAY.1));
-        });
+        hub.close_all(&Ending::close(Code::GoingAway));
         self.connections.close();
         let _ = tokio::time::timeout_at(deadline, self.connections.wait()).await;
         self.report()

@@ -19,7 +19,7 @@ async fn connection_futures_stay_small() {
     let ctx = daemon.context_for_tests();
     let serve = wscast::connection::serve(connect(), "127.0.0.1:1".parse().unwrap(), ctx.clone());
     assert!(size_of_val(&serve) <= 512, "serve future is {} bytes", size_of_val(&serve));
-    let settings = wscast::connection::Settings::new(&common::config());
+    let settings = wscast::settings::Settings::new(&common::config(), None);
     let run = wscast::connection::handshake_and_run(
         connect(),
         "127.0.0.1:1".parse().unwrap(),

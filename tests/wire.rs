@@ -28,7 +28,7 @@ async fn fanout_reaches_every_client_in_its_encoding_sender_included() {
     for (ws, gz) in &mut clients {
         assert_eq!(recv_as(ws, *gz).await, text, "byte for byte after gunzip");
     }
-    assert_eq!(d.registry.gzip_len(), 10);
+    assert_eq!(d.hub.gzip_len(), 10);
     d.stop().await;
 }
 
@@ -81,7 +81,7 @@ async fn replacement_closes_old_with_4000_and_keeps_the_new_registered() {
     let _ = old.close(None).await;
     drop(old);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(d.registry.len(), 1);
+    assert_eq!(d.hub.len(), 1);
     let mut other = join(&d, "other", false).await;
     send(&mut other, "after replacement").await;
     assert_eq!(recv_as(&mut new, true).await, "after replacement");
@@ -107,7 +107,7 @@ macro_rules! rejection {
             let (status, body) = status_of(d.addr, &upgrade_request(&$target, $extra)).await;
             assert_eq!(status, $status, "{body}");
             assert!(body.contains($needle), "{body:?} lacks {:?}", $needle);
-            assert_eq!(d.registry.len(), 0);
+            assert_eq!(d.hub.len(), 0);
             d.stop().await;
         }
     };
@@ -365,7 +365,7 @@ async fn max_connections_is_enforced_by_a_permit_before_accept() {
     let third = tokio::spawn(connect(d.addr, "c", false));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!third.is_finished(), "a third connection was served past max_connections");
-    assert_eq!(d.registry.len(), 2);
+    assert_eq!(d.hub.len(), 2);
     drop(a);
     let _c = within("third served once a slot frees", third).await.unwrap();
     d.wait_for_clients(2).await;
@@ -404,7 +404,7 @@ async fn per_ip_limit_answers_503_with_retry_after_before_any_upgrade() {
     let response = http(d.addr, &upgrade_request("/?specialKey=c", "")).await;
     assert!(response.starts_with("HTTP/1.1 503 Service Unavailable"), "{response}");
     assert!(response.contains("Retry-After: 10\r\n") && response.contains("too many connections from 127.0.0.1"));
-    assert_eq!(d.registry.len(), 2);
+    assert_eq!(d.hub.len(), 2);
     // A freed slot admits again.
     let _ = b.close(None).await;
     drop(b);

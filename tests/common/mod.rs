@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use wscast::config::Config;
 use wscast::daemon::Daemon;
-use wscast::registry::Registry;
+use wscast::hub::Hub;
 use wscast::shutdown::DrainReport;
 use wscast::signals::Event;
 
@@ -32,7 +32,7 @@ pub type Ws<S = TcpStream> = WebSocketStream<S>;
 pub struct TestDaemon {
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
-    pub registry: Arc<Registry>,
+    pub hub: Arc<Hub>,
     pub events: mpsc::Sender<Event>,
     pub task: JoinHandle<DrainReport>,
 }
@@ -56,20 +56,20 @@ pub async fn start_at(config: Config, path: Option<PathBuf>) -> TestDaemon {
     let daemon = Daemon::bind(config, path, None).expect("daemon binds");
     let addrs = daemon.local_addrs().to_vec();
     let addr = addrs[0];
-    let registry = daemon.registry();
+    let hub = daemon.hub();
     // One slot: a send returns only once the daemon took the event before it (see `reload`).
     let (events, rx) = mpsc::channel(1);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
     let task = tokio::spawn(daemon.run(Box::pin(stream)));
-    TestDaemon { addr, addrs, registry, events, task }
+    TestDaemon { addr, addrs, hub, events, task }
 }
 
 impl TestDaemon {
-    /// Waits until the registry holds `n` clients.
+    /// Waits until the hub holds `n` clients.
     pub async fn wait_for_clients(&self, n: usize) {
-        let registry = self.registry.clone();
-        within("registry count", async move {
-            while registry.len() != n {
+        let hub = self.hub.clone();
+        within("client count", async move {
+            while hub.len() != n {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -117,7 +117,7 @@ pub async fn connect(addr: SocketAddr, key: &str, gzip: bool) -> Ws {
 
 /// Connects and waits until the daemon has registered the client.
 pub async fn join(d: &TestDaemon, key: &str, gzip: bool) -> Ws {
-    let before = d.registry.len();
+    let before = d.hub.len();
     let ws = connect(d.addr, key, gzip).await;
     d.wait_for_clients(before + 1).await;
     ws

@@ -1,0 +1,194 @@
+//! The one door between connections and delivery. A connection joins (and its membership
+//! leaves when dropped); whatever delivers a message (a client, later the admin API or another
+//! node) publishes through here; the drain closes everyone through here. Nothing else reaches
+//! the registry.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::ending::{Code, Control, Ending};
+use crate::fanout;
+use crate::frame::Frames;
+use crate::registry::{Client, Registry};
+use crate::settings::Settings;
+
+/// Connections by key, and delivery to them.
+#[derive(Debug)]
+pub struct Hub {
+    registry: Registry,
+    /// Read for the gzip level of each message, so a reload applies to the next one.
+    live: watch::Receiver<Arc<Settings>>,
+}
+
+/// What a connection gets when it joins.
+#[derive(Debug)]
+pub struct Joined<'a> {
+    /// Its place in the registry.
+    pub member: Member<'a>,
+    /// The messages to deliver to it.
+    pub queue: mpsc::Receiver<Arc<Frames>>,
+    /// How it is ended.
+    pub control: Arc<Control>,
+}
+
+/// A connection's registration. It leaves on [`Member::leave`] or on drop, and removes only
+/// itself: a successor with the same key is never touched.
+#[derive(Debug)]
+pub struct Member<'a> {
+    hub: &'a Hub,
+    key: Box<str>,
+    id: u64,
+    left: bool,
+}
+
+impl Member<'_> {
+    /// Leaves the registry now (nothing more is queued for this connection); idempotent.
+    pub fn leave(&mut self) {
+        if !std::mem::replace(&mut self.left, true) {
+            self.hub.registry.unregister(&self.key, self.id);
+        }
+    }
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+impl Hub {
+    /// An empty hub following the live settings.
+    pub fn new(live: watch::Receiver<Arc<Settings>>) -> Self {
+        Self { registry: Registry::default(), live }
+    }
+
+    /// Registers a connection under `key` with a queue of `queue_len` messages; a connection
+    /// already there is closed with 4000.
+    pub fn join(&self, key: Box<str>, gzip: bool, queue_len: usize) -> Joined<'_> {
+        let (queue, rx) = mpsc::channel(queue_len);
+        let control = Arc::new(Control::default());
+        let id = self.registry.next_id();
+        self.registry.register(key.clone(), Client { id, gzip, queue, control: control.clone() });
+        Joined { member: Member { hub: self, key, id, left: false }, queue: rx, control }
+    }
+
+    /// A message accepted here: delivered to every local connection (sender included); returns
+    /// how many took it.
+    pub fn publish(&self, text: Utf8Bytes) -> usize {
+        self.deliver_local(text)
+    }
+
+    /// A message accepted by another node: delivered to every local connection.
+    pub fn deliver_remote(&self, text: Utf8Bytes) -> usize {
+        self.deliver_local(text)
+    }
+
+    /// Delivers `text` to the connection holding `key`; false when none does (or it is gone).
+    pub fn send_to(&self, key: &str, text: Utf8Bytes) -> bool {
+        let frames = self.frames(text);
+        self.registry.with(key, |client| fanout::to_one(client, &frames)).unwrap_or(false)
+    }
+
+    /// Closes the connection holding `key` with `code` and `reason`; false when none does.
+    pub fn kick(&self, key: &str, code: Code, reason: &str) -> bool {
+        self.registry.with(key, |client| client.control.end(Ending::close_because(code, reason))).unwrap_or(false)
+    }
+
+    /// Ends every registered connection with `ending` (the drain's 1001).
+    pub fn close_all(&self, ending: &Ending) {
+        self.registry.for_each(|client| {
+            client.control.end(ending.clone());
+        });
+    }
+
+    /// Registered connections.
+    pub fn len(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// True when nobody is connected.
+    pub fn is_empty(&self) -> bool {
+        self.registry.is_empty()
+    }
+
+    /// Registered connections that want gzip.
+    pub fn gzip_len(&self) -> usize {
+        self.registry.gzip_len()
+    }
+
+    fn deliver_local(&self, text: Utf8Bytes) -> usize {
+        fanout::to_all(&self.registry, &self.frames(text))
+    }
+
+    fn frames(&self, text: Utf8Bytes) -> Arc<Frames> {
+        let level = self.live.borrow().gzip_level;
+        Arc::new(Frames::new(text, level))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn hub() -> Hub {
+        let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None)));
+        Hub::new(live)
+    }
+
+    fn text(s: &'static str) -> Utf8Bytes {
+        Utf8Bytes::from_static(s)
+    }
+
+    #[test]
+    fn a_member_leaves_on_drop_and_never_removes_its_successor() {
+        let hub = hub();
+        let first = hub.join("k".into(), false, 4);
+        let second = hub.join("k".into(), true, 4);
+        assert_eq!(first.control.ending().and_then(Ending::code), Some(Code::Replaced));
+        drop(first);
+        assert_eq!(hub.len(), 1, "the replaced member's drop left the successor in place");
+        drop(second);
+        assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn publish_and_deliver_remote_reach_everyone_send_to_one() {
+        let hub = hub();
+        let mut a = hub.join("a".into(), false, 4);
+        let mut b = hub.join("b".into(), true, 4);
+        assert_eq!(hub.publish(text("local")), 2);
+        assert_eq!(hub.deliver_remote(text("remote")), 2);
+        assert!(hub.send_to("b", text("only b")));
+        assert!(!hub.send_to("nobody", text("lost")));
+        let payloads = |q: &mut mpsc::Receiver<Arc<Frames>>| {
+            std::iter::from_fn(|| q.try_recv().ok()).map(|f| f.payload().to_vec()).collect::<Vec<_>>()
+        };
+        assert_eq!(payloads(&mut a.queue), [b"local".to_vec(), b"remote".to_vec()]);
+        assert_eq!(payloads(&mut b.queue), [b"local".to_vec(), b"remote".to_vec(), b"only b".to_vec()]);
+    }
+
+    #[test]
+    fn a_full_queue_is_closed_with_4001() {
+        let hub = hub();
+        let slow = hub.join("slow".into(), false, 1);
+        assert_eq!(hub.publish(text("one")), 1);
+        assert_eq!(hub.publish(text("two")), 0);
+        assert_eq!(slow.control.ending().and_then(Ending::code), Some(Code::TooSlow));
+    }
+
+    #[test]
+    fn kick_and_close_all() {
+        let hub = hub();
+        let a = hub.join("a".into(), false, 4);
+        let b = hub.join("b".into(), false, 4);
+        assert!(hub.kick("a", Code::Kicked, "bye"));
+        assert!(!hub.kick("nobody", Code::Kicked, "bye"));
+        assert_eq!(a.control.ending(), Some(&Ending::close_because(Code::Kicked, "bye")));
+        hub.close_all(&Ending::close(Code::GoingAway));
+        assert_eq!(b.control.ending().and_then(Ending::code), Some(Code::GoingAway));
+        assert_eq!(a.control.ending().and_then(Ending::code), Some(Code::Kicked), "the first ending stays");
+    }
+}

@@ -1,0 +1,316 @@
+//! The writing half of a connection: its queue of broadcasts, the control-frame replies the
+//! reader produces, pings, and the close sequence. It is the only code that writes to a
+//! client's socket once the upgrade is done.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::{timeout, Instant};
+use tracing::{debug, warn};
+
+use crate::ending::{Code, Control, Ending};
+use crate::frame::{self, Frames, Outbox};
+use crate::shutdown::Shutdown;
+
+/// How long a closing connection gets to flush its Close frame (and, after, to hear the reply).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Queued messages a writer takes per write.
+const MAX_BATCH: usize = 64;
+/// Control-frame replies buffered at most, in bytes; past it older pongs are dropped, which
+/// RFC 6455 5.5.3 allows (answer only the latest ping).
+const REPLIES_CAP: usize = 4096;
+
+/// Control frames the reader owes the peer (tungstenite's pongs and close echoes), handed to
+/// the writer.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// A std Mutex: held to append or take a few bytes, never across an await.
+    frames: Mutex<Vec<u8>>,
+    queued: Notify,
+}
+
+impl Replies {
+    /// Queues whole encoded control frames.
+    pub fn push(&self, frames: &[u8]) {
+        let mut queued = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        if queued.len() + frames.len() > REPLIES_CAP && frames.first() == Some(&(0x80 | frame::PONG)) {
+            // Only pongs pile up (one close at most follows them): keep the latest.
+            queued.clear();
+        }
+        queued.extend_from_slice(frames);
+        drop(queued);
+        self.queued.notify_one();
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.frames.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// What woke an idle writer.
+enum Wake {
+    Replies,
+    Broadcasts,
+    Ping,
+}
+
+/// One connection's writer.
+pub struct Writer<'a, W> {
+    io: &'a mut W,
+    outbox: Outbox,
+    queue: mpsc::Receiver<Arc<Frames>>,
+    control: &'a Control,
+    replies: &'a Replies,
+}
+
+impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
+    /// A writer of `queue` to `io` for a client that wants gzip frames or text ones.
+    pub fn new(
+        io: &'a mut W,
+        queue: mpsc::Receiver<Arc<Frames>>,
+        control: &'a Control,
+        replies: &'a Replies,
+        gzip: bool,
+    ) -> Self {
+        Self { io, outbox: Outbox::new(gzip), queue, control, replies }
+    }
+
+    /// Delivers until the connection is ended, calls `leave` (out of the registry before the
+    /// close handshake: nothing more is queued for us), then sends what the ending calls for.
+    /// True when a Close frame went out, so a reply may come.
+    pub async fn run(&mut self, ping_interval: Duration, shutdown: &Shutdown, leave: impl FnOnce()) -> bool {
+        let delivered = self.deliver(ping_interval).await;
+        leave();
+        if let Err(e) = delivered {
+            crate::connection::log_io_error(&e);
+            self.control.end(Ending::Dead("write failed"));
+            return false;
+        }
+        match self.control.ending() {
+            Some(Ending::Close { code, .. }) => self.close_within(*code, shutdown).await,
+            // The peer closed: tungstenite's echo of its Close is among the replies.
+            Some(Ending::PeerClosed) => {
+                self.outbox.discard_unstarted();
+                self.outbox.push_control(&self.replies.take());
+                let _ = timeout(CLOSE_GRACE, self.outbox.flush(self.io)).await;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    async fn deliver(&mut self, ping_interval: Duration) -> std::io::Result<()> {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let control = self.control;
+        loop {
+            let woken = tokio::select! {
+                biased;
+                () = control.ended() => return Ok(()),
+                () = self.replies.queued.notified() => Wake::Replies,
+                n = self.queue.recv_many(&mut self.outbox.batch, MAX_BATCH), if self.outbox.batch.is_empty() => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    Wake::Broadcasts
+                }
+                _ = ping.tick() => Wake::Ping,
+            };
+            match woken {
+                Wake::Replies => self.outbox.push_control(&self.replies.take()),
+                Wake::Ping => self.outbox.push_control(&frame::encode(frame::PING, b"")),
+                Wake::Broadcasts => {}
+            }
+            // A blocked write must not keep a slow client from being cut off; the outbox keeps
+            // its place when the write is abandoned.
+            tokio::select! {
+                biased;
+                () = control.ended() => return Ok(()),
+                r = self.outbox.flush(&mut *self.io) => r?,
+            }
+        }
+    }
+
+    /// The close sequence, bounded: a client that does not read cannot hold its task (or its
+    /// socket) past the grace; at shutdown the grace is what is left of the drain timeout, so a
+    /// backlog can still flush.
+    async fn close_within(&mut self, code: Code, shutdown: &Shutdown) -> bool {
+        let grace = match shutdown.deadline() {
+            Some(deadline) if code == Code::GoingAway => deadline.saturating_duration_since(Instant::now()),
+            _ => CLOSE_GRACE,
+        };
+        // Boxed: closing happens once, and inline it would enlarge every idle connection.
+        match timeout(grace, Box::pin(self.close(code))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                debug!(%e, "could not send the close frame");
+                false
+            }
+            Err(_) => {
+                let code = code.as_u16();
+                warn!(code, "closing did not complete in time; queued messages for this client were dropped");
+                false
+            }
+        }
+    }
+
+    /// Sends what was accepted before the close (unless the queue is the problem), then the
+    /// Close frame.
+    async fn close(&mut self, code: Code) -> std::io::Result<()> {
+        if code == Code::TooSlow {
+            warn!("client too slow: send queue overflow, closing with 4001");
+            self.outbox.discard_unstarted();
+        } else {
+            // Everything accepted before the close reaches the client first (shutdown, replacement).
+            while let Ok(frames) = self.queue.try_recv() {
+                self.outbox.batch.push(frames);
+            }
+        }
+        self.outbox.flush(self.io).await?;
+        if let Some(Ending::Close { reason, .. }) = self.control.ending() {
+            self.outbox.push_control(&frame::close(code, reason));
+        }
+        self.outbox.flush(self.io).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    /// Server frames parsed from the wire: (opcode, payload).
+    fn parse(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !wire.is_empty() {
+            let (len, head) = match wire[1] & 0x7f {
+                126 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize, 10),
+                n => (n as usize, 2),
+            };
+            frames.push((wire[0] & 0x0f, wire[head..head + len].to_vec()));
+            wire = &wire[head + len..];
+        }
+        frames
+    }
+
+    fn queued(texts: &[&'static str]) -> mpsc::Receiver<Arc<Frames>> {
+        let (tx, rx) = mpsc::channel(16);
+        for t in texts {
+            tx.try_send(Arc::new(Frames::new(Utf8Bytes::from_static(t), 6))).unwrap();
+        }
+        rx
+    }
+
+    async fn read_all(mut client: DuplexStream) -> Vec<(u8, Vec<u8>)> {
+        let mut wire = Vec::new();
+        client.read_to_end(&mut wire).await.unwrap();
+        parse(&wire)
+    }
+
+    fn close_payload(code: Code) -> Vec<u8> {
+        let mut p = code.as_u16().to_be_bytes().to_vec();
+        p.extend_from_slice(code.reason().as_bytes());
+        p
+    }
+
+    const A: &str = "first message, long enough to be cut by the pipe";
+    const B: &str = "second message";
+
+    #[tokio::test]
+    async fn an_ending_mid_batch_loses_and_doubles_nothing() {
+        // A pipe that holds 16 bytes: the batch is cut mid-frame.
+        let (client, mut server) = tokio::io::duplex(16);
+        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, false);
+        let reader = tokio::spawn(async move {
+            // Let the writer fill the pipe and block before anything is read.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            read_all(client).await
+        });
+        let ended = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            control.end(Ending::close(Code::Replaced));
+        };
+        let mut left = false;
+        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || left = true), ended);
+        assert!(sent && left);
+        drop(writer);
+        drop(server);
+        let frames = reader.await.unwrap();
+        let expected = [(1, A.as_bytes().to_vec()), (1, B.as_bytes().to_vec()), (8, close_payload(Code::Replaced))];
+        assert_eq!(frames, expected);
+    }
+
+    #[tokio::test]
+    async fn after_a_replacement_what_was_queued_is_delivered_then_4000() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        control.end(Ending::close(Code::Replaced));
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, true);
+        assert!(writer.run(Duration::from_secs(60), &shutdown, || {}).await);
+        drop(writer);
+        drop(server);
+        let frames = read_all(client).await;
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].0, 2, "gzip client: Binary frames");
+        assert_eq!(crate::gzip::inflate(&frames[1].1, 100).unwrap(), B);
+        assert_eq!(frames[2], (8, close_payload(Code::Replaced)));
+    }
+
+    #[tokio::test]
+    async fn the_4001_path_finishes_the_frame_under_way_and_sends_nothing_else() {
+        let (client, mut server) = tokio::io::duplex(16);
+        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, false);
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            read_all(client).await
+        });
+        let cut = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            control.end(Ending::close(Code::TooSlow));
+        };
+        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || {}), cut);
+        assert!(sent);
+        drop(writer);
+        drop(server);
+        let frames = reader.await.unwrap();
+        assert_eq!(frames, [(1, A.as_bytes().to_vec()), (8, close_payload(Code::TooSlow))]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_cannot_be_written_is_given_up_after_the_grace() {
+        // Nobody reads: the pipe fills and the Close can never go out.
+        let (_client, mut server) = tokio::io::duplex(16);
+        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        control.end(Ending::close(Code::TooSlow));
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, false);
+        let started = Instant::now();
+        assert!(
+            !writer.run(Duration::from_secs(60), &shutdown, || {}).await,
+            "no Close went out: no reply to wait for"
+        );
+        assert!(started.elapsed() >= CLOSE_GRACE && started.elapsed() < CLOSE_GRACE * 2);
+    }
+
+    #[tokio::test]
+    async fn replies_go_out_between_frames() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        replies.push(&frame::encode(frame::PONG, b"p"));
+        let mut writer = Writer::new(&mut server, queued(&[]), &control, &replies, false);
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            control.end(Ending::Dead("test over"));
+        };
+        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || {}), stop);
+        assert!(!sent, "a dead connection sends no Close");
+        drop(writer);
+        drop(server);
+        assert_eq!(read_all(client).await, [(0xA, b"p".to_vec())]);
+    }
+}
