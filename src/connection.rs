@@ -91,9 +91,10 @@ async fn run_client<S>(stream: S, tail: Vec<u8>, params: ClientParams, settings:
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let replies = Arc::new(Replies::default());
+    // Borrowed by the reader's socket adapter and by the writer, from this task's own state.
+    let replies = Replies::default();
     let (read_half, mut write_half) = tokio::io::split(stream);
-    let read_side = ReadSide { io: read_half, replies: replies.clone() };
+    let read_side = ReadSide { io: read_half, replies: &replies };
     let mut ws = WebSocketStream::from_partially_read(read_side, tail, Role::Server, Some(settings.websocket)).await;
     let joined = ctx.hub.join(params.key, params.gzip, settings.send_queue);
     let (mut member, control) = (joined.member, joined.control);
@@ -136,18 +137,18 @@ where
 /// The socket as tungstenite sees it: it reads from the socket, but what it writes (its
 /// automatic pong and close replies) goes to the connection's writer, the only one that writes
 /// to the socket. That is what lets the writer send shared frames without tungstenite's copy.
-struct ReadSide<R> {
+struct ReadSide<'a, R> {
     io: R,
-    replies: Arc<Replies>,
+    replies: &'a Replies,
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<'_, R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl<R: Unpin> AsyncWrite for ReadSide<R> {
+impl<R: Unpin> AsyncWrite for ReadSide<'_, R> {
     fn poll_write(self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // tungstenite hands over whole frames (its buffer holds one reply at a time).
         self.replies.push(buf);

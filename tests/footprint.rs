@@ -18,6 +18,7 @@ async fn connection_futures_stay_small() {
     let daemon = wscast::daemon::Daemon::bind(common::config(), None, None).unwrap();
     let ctx = daemon.context_for_tests();
     let serve = wscast::connection::serve(connect(), "127.0.0.1:1".parse().unwrap(), ctx.clone());
+    println!("serve future: {} bytes", size_of_val(&serve));
     assert!(size_of_val(&serve) <= 512, "serve future is {} bytes", size_of_val(&serve));
     let settings = wscast::settings::Settings::new(&common::config(), None);
     let run = wscast::connection::handshake_and_run(
@@ -27,5 +28,6 @@ async fn connection_futures_stay_small() {
         &settings,
         &ctx,
     );
+    println!("handshake_and_run future: {} bytes", size_of_val(&run));
     assert!(size_of_val(&run) <= 2048, "handshake_and_run future is {} bytes", size_of_val(&run));
 }
