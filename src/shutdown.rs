@@ -5,8 +5,7 @@
 //! in every queue before the queues are drained: nothing accepted is lost.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,10 +25,9 @@ pub struct Shutdown {
     readers: TaskTracker,
     connections: TaskTracker,
     deadline: OnceLock<Instant>,
-    /// Upgraded connections whose task has not ended (closing ones included).
-    clients: AtomicUsize,
-    /// Clients that ended after the drain began.
-    drained: AtomicUsize,
+    /// The clients, for the drain summary. One lock for both counts, so a report never sees a
+    /// client between them; taken once per connection and once per end, never per message.
+    clients: Mutex<DrainReport>,
 }
 
 /// Held by a connection from its 101 to the end of its task: what the drain summary counts.
@@ -38,17 +36,18 @@ pub struct ClientGuard<'a>(&'a Shutdown);
 
 impl Drop for ClientGuard<'_> {
     fn drop(&mut self) {
-        // Counted as drained before it stops being live, so a report never misses it.
-        if self.0.deadline.get().is_some() {
-            self.0.drained.fetch_add(1, Ordering::AcqRel);
+        let draining = self.0.is_draining();
+        let mut counts = self.0.counts();
+        counts.cut_off -= 1;
+        if draining {
+            counts.drained += 1;
         }
-        self.0.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// What a drain achieved, for the `drained N, cut off M` line. Both count clients (upgraded
 /// connections), never handshakes or tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
     /// Clients that ended after the drain began.
     pub drained: usize,
@@ -72,6 +71,11 @@ impl Shutdown {
         self.deadline.get().copied()
     }
 
+    /// True from the first moment of a drain.
+    pub fn is_draining(&self) -> bool {
+        self.deadline.get().is_some()
+    }
+
     /// True once clients are being closed.
     pub fn is_closing(&self) -> bool {
         self.closing.is_cancelled()
@@ -84,14 +88,17 @@ impl Shutdown {
 
     /// Counts an upgraded connection until the guard drops.
     pub fn client(&self) -> ClientGuard<'_> {
-        self.clients.fetch_add(1, Ordering::AcqRel);
+        self.counts().cut_off += 1;
         ClientGuard(self)
     }
 
-    /// The clients drained so far and those still connected.
+    /// The clients drained so far, and those still connected (cut off if the drain ends now).
     pub fn report(&self) -> DrainReport {
-        let drained = self.drained.load(Ordering::Acquire);
-        DrainReport { drained, cut_off: self.clients.load(Ordering::Acquire) }
+        *self.counts()
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, DrainReport> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Spawns a connection task that the drain waits for.
@@ -116,5 +123,23 @@ impl Shutdown {
         self.connections.close();
         let _ = tokio::time::timeout_at(deadline, self.connections.wait()).await;
         self.report()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_clients_once_each() {
+        let s = Shutdown::default();
+        let (before, during, still) = (s.client(), s.client(), s.client());
+        drop(before);
+        assert_eq!(s.report(), DrainReport { drained: 0, cut_off: 2 }, "an end before the drain is not drained");
+        s.deadline.get_or_init(Instant::now);
+        drop(during);
+        assert_eq!(s.report(), DrainReport { drained: 1, cut_off: 1 });
+        drop(still);
+        assert_eq!(s.report(), DrainReport { drained: 2, cut_off: 0 });
     }
 }

@@ -173,7 +173,11 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> R
                 return Err(HeadError::NotHttp(first));
             }
         }
-        if let Some(end) = head_end(buf, searched) {
+        // Blank lines before the request line are skipped, as httparse does; a buffer of
+        // nothing but line ends is answered (400) rather than waited on.
+        let leading = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        let from = if leading < buf.len() { searched.max(leading) } else { searched };
+        if let Some(end) = head_end(buf, from) {
             // A head that arrived whole in one read is held to the same limit.
             return if end > MAX_HEAD { Err(HeadError::TooLarge) } else { Ok(end) };
         }
@@ -467,6 +471,16 @@ mod tests {
         }
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: h\r\n", 0), None);
         assert!(is_token_byte(b'G') && !is_token_byte(TLS_HANDSHAKE) && !is_token_byte(b' '));
+    }
+
+    #[tokio::test]
+    async fn blank_lines_before_the_request_line_are_skipped_like_httparse_does() {
+        let whole: &[u8] = b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let (mut input, mut buf) = (whole, Vec::new());
+        assert_eq!(read_head(&mut input, &mut buf).await.ok(), Some(whole.len()));
+        // Nothing but line ends is answered at once, not waited on.
+        let (mut input, mut buf) = (&b"\r\n\r\n"[..], Vec::new());
+        assert_eq!(read_head(&mut input, &mut buf).await.ok(), Some(4));
     }
 
     fn policy(origins: &[&str]) -> Policy {
