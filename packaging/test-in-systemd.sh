@@ -133,6 +133,9 @@ caps=$(inside grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' "/proc/$pid/status" | awk '{p
     die "systemd-analyze verify: $(inside systemd-analyze verify --man=no /usr/lib/systemd/system/wscast.service 2>&1)"
 [ "$(inside stat -c '%U:%G %a' /etc/wscast/tls)" = "root:wscast 750" ] || die "/etc/wscast/tls ownership"
 ok "installed: enabled, active, '$status', user wscast, no capabilities, units verify clean"
+readyz=$(inside python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9090/readyz", timeout=5).read().decode().strip())' 2>&1 || true)
+[ "$readyz" = ready ] || die "admin /readyz under systemd: $readyz"
+ok "admin listener: /readyz on 127.0.0.1:9090 answers 'ready' under the hardened unit"
 
 # 2. Traffic over ws, then over wss with the test CA.
 probe exchange ws://127.0.0.1:8888 >/dev/null || die "ws exchange"

@@ -38,6 +38,17 @@ pub struct Config {
     pub log: Log,
     /// Graceful shutdown.
     pub shutdown: Shutdown,
+    /// The admin listener.
+    pub admin: Admin,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Addresses of the admin HTTP listener; empty means none.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
 }
 
 /// `[server]`
@@ -344,6 +355,11 @@ impl Config {
     /// Checks what serde cannot: ranges, relations between keys, the log filter syntax.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        for (i, a) in self.admin.listen.iter().enumerate() {
+            if self.admin.listen[..i].contains(a) || self.server.listen.contains(a) {
+                return Err(ConfigError::invalid("admin.listen", a, "address listed twice (or also in server.listen)"));
+            }
+        }
         self.websocket.validate()?;
         self.log.validate()?;
         nonzero("shutdown.drain_timeout", self.shutdown.drain_timeout)
@@ -458,6 +474,7 @@ impl Config {
         }
         carry!(
             server.listen,
+            admin.listen,
             server.ipv6_prefix,
             tls.enabled,
             log.target,
@@ -534,6 +551,7 @@ mod tests {
         let c = load_in_jail(shipped, &[]).unwrap();
         let mut expected = Config::default();
         expected.log.target = LogTarget::File;
+        expected.admin.listen = vec!["127.0.0.1:9090".parse().unwrap()];
         assert_eq!(c, expected);
     }
 

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminState, Health};
 use crate::admission::Admission;
 use crate::config::{self, Config, ConfigError};
 use crate::hub::Hub;
@@ -45,6 +46,14 @@ pub enum StartError {
     /// The sockets passed by systemd cannot be used.
     #[error("sockets passed by systemd (LISTEN_FDS) cannot be used: {0}")]
     Inherited(std::io::Error),
+    /// An admin listen address cannot be bound.
+    #[error("admin.listen = {addr} cannot be bound: {err}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        err: std::io::Error,
+    },
     /// A listen address cannot be bound.
     #[error("server.listen = {addr} cannot be bound: {err}")]
     Bind {
@@ -59,7 +68,7 @@ impl StartError {
     /// sysexits code: 78 (EX_CONFIG) for anything the config can fix, 71 (EX_OSERR) otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Bind { .. } | StartError::Inherited(_) => EX_OSERR,
+            StartError::Bind { .. } | StartError::AdminBind { .. } | StartError::Inherited(_) => EX_OSERR,
             _ => EX_CONFIG,
         }
     }
@@ -91,6 +100,9 @@ pub struct Daemon {
     ctx: Arc<Context>,
     /// The one channel a reload goes through.
     live: watch::Sender<Arc<Settings>>,
+    admin: Vec<TcpListener>,
+    admin_addrs: Vec<SocketAddr>,
+    admin_state: Arc<AdminState>,
     capacity: Arc<Capacity>,
     level: Option<LevelHandle>,
 }
@@ -104,6 +116,13 @@ impl Daemon {
         let listeners = bind_listeners(&config)?;
         let addrs =
             listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>().map_err(StartError::Inherited)?;
+        let admin = config
+            .admin
+            .listen
+            .iter()
+            .map(|&addr| admin::bind(addr).map_err(|err| StartError::AdminBind { addr, err }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin_addrs = admin.iter().filter_map(|l| l.local_addr().ok()).collect();
         let (live, live_rx) = watch::channel(Arc::new(Settings::new(&config, acceptor)));
         let ctx = Arc::new(Context {
             admission: Admission::new(config.server.ipv6_prefix),
@@ -112,12 +131,18 @@ impl Daemon {
             shutdown: Shutdown::default(),
         });
         let capacity = Arc::new(Capacity::default());
-        Ok(Self { config, config_path, listeners, addrs, ctx, live, capacity, level })
+        let admin_state = Arc::new(AdminState { health: Health::default(), ctx: ctx.clone() });
+        Ok(Self { config, config_path, listeners, addrs, ctx, live, admin, admin_addrs, admin_state, capacity, level })
     }
 
     /// The bound addresses (port 0 resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound admin addresses (port 0 resolved).
+    pub fn admin_addrs(&self) -> &[SocketAddr] {
+        &self.admin_addrs
     }
 
     #[doc(hidden)]
@@ -135,6 +160,7 @@ impl Daemon {
         let listening = self.start_listeners();
         info!(version = env!("CARGO_PKG_VERSION"), "listening on {listening}");
         notify::ready(&format!("listening on {listening}"));
+        self.admin_state.health.set_ready();
         // STATUS= and WATCHDOG= until the process ends, the drain included.
         let heartbeat = tokio::spawn(heartbeat(self.ctx.hub.clone(), listening.clone()));
         while let Some(Event::Reload) = events.next().await {
@@ -150,6 +176,10 @@ impl Daemon {
     fn start_listeners(&mut self) -> String {
         for listener in std::mem::take(&mut self.listeners) {
             tokio::spawn(listener::run(listener, self.ctx.clone(), self.capacity.clone()));
+        }
+        // Not stopped by the drain: health checks are answered until the process exits.
+        for listener in std::mem::take(&mut self.admin) {
+            tokio::spawn(admin::run(listener, self.admin_state.clone()));
         }
         let scheme = if self.config.tls.enabled { "wss" } else { "ws" };
         self.addrs.iter().map(|a| format!("{scheme}://{a}")).collect::<Vec<_>>().join(" ")

@@ -17,10 +17,12 @@
 //! Leaves: [`ending`] (how a connection ends, every close code), [`rate`] (the token bucket),
 //! [`gzip`]. Around it: [`config`], [`settings`] (the live settings a reload replaces),
 //! [`state`] (what every connection shares), [`logging`], [`signals`], [`notify`] (sd_notify),
-//! [`shutdown`] (phased drain) and [`daemon`] (bind, run, reload).
+//! [`shutdown`] (phased drain), [`admin`] (health and readiness over HTTP) and [`daemon`]
+//! (bind, run, reload).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod connection;

@@ -486,3 +486,13 @@ async fn garbage_after_the_tls_handshake_is_logged_at_debug_only() {
     let warnings: Vec<_> = stderr.lines().filter(|l| l.contains("WARN")).collect();
     assert!(warnings.is_empty(), "a client's garbage logged warnings: {warnings:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_address_in_use_exits_71_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let p = spawn(&base(&format!("[admin]\nlisten = [\"{addr}\"]\n")));
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 71, "{stderr}");
+    assert!(stderr.contains(&format!("admin.listen = {addr} cannot be bound")), "{stderr}");
+}

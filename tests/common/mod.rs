@@ -53,7 +53,11 @@ pub async fn start(config: Config) -> TestDaemon {
 
 /// Like `start`, with a config file that a Reload event re-reads.
 pub async fn start_at(config: Config, path: Option<PathBuf>) -> TestDaemon {
-    let daemon = Daemon::bind(config, path, None).expect("daemon binds");
+    run_bound(Daemon::bind(config, path, None).expect("daemon binds")).await
+}
+
+/// Runs a daemon the test has bound itself.
+pub async fn run_bound(daemon: Daemon) -> TestDaemon {
     let addrs = daemon.local_addrs().to_vec();
     let addr = addrs[0];
     let hub = daemon.hub();
