@@ -1,5 +1,5 @@
 //! The admin listener: plain HTTP/1.1 (hyper) on loopback or a private network, for operators
-//! and load balancers. Today it answers `/healthz` and `/readyz`; it keeps answering through the
+//! and load balancers: `/healthz`, `/readyz` and `/metrics`. It keeps answering through the
 //! drain, until the process exits.
 //!
 //! The router is a plain `match` on method and path, as in linkerd2-proxy's admin server.
@@ -94,8 +94,9 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" if get => text(StatusCode::OK, "ok"),
         "/readyz" if get => readiness(state),
-        "/healthz" | "/readyz" => method_not_allowed("GET, HEAD"),
-        other => error(StatusCode::NOT_FOUND, &format!("no admin route {other}; try /healthz or /readyz")),
+        "/metrics" if get => metrics(state),
+        "/healthz" | "/readyz" | "/metrics" => method_not_allowed("GET, HEAD"),
+        other => error(StatusCode::NOT_FOUND, &format!("no admin route {other}; try /healthz, /readyz or /metrics")),
     }
 }
 
@@ -107,6 +108,13 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
     }
     text(StatusCode::OK, "ready")
+}
+
+fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(state.ctx.metrics.render())));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    r
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

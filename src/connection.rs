@@ -19,6 +19,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::ending::{Code, Control, Ending};
 use crate::gzip::{self, InflateError};
+use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::settings::Settings;
 use crate::state::Context;
@@ -45,8 +46,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
                 let accept = Box::pin(acceptor.accept(tcp));
                 let stream = match timeout_at(deadline, accept).await {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return debug!(%e, "tls handshake failed"),
-                    Err(_) => return debug!("handshake timeout during tls"),
+                    Ok(Err(e)) => {
+                        ctx.metrics.rejected("tls");
+                        return debug!(%e, "tls handshake failed");
+                    }
+                    Err(_) => {
+                        ctx.metrics.rejected("timeout");
+                        return debug!("handshake timeout during tls");
+                    }
                 };
                 let run = Box::pin(handshake_and_run(stream, peer, deadline, &settings, &ctx));
                 run.await
@@ -72,14 +79,20 @@ where
     let upgraded = match upgrade.await {
         Ok(Ok(upgraded)) => upgraded,
         Ok(Err(HandshakeError::Rejected(r))) => {
+            ctx.metrics.rejected(r.metric_reason());
             return debug!(status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
         }
         Ok(Err(e)) => return debug!(%e, "handshake failed"),
-        Err(_) => return debug!("handshake timeout"),
+        Err(_) => {
+            ctx.metrics.rejected("timeout");
+            return debug!("handshake timeout");
+        }
     };
-    // Held for the connection's life: its place in the per-address count.
+    // Held for the connection's life: its place in the per-address count, and in the counts.
     let _slot = upgraded.admitted;
     let _client = ctx.shutdown.client();
+    ctx.metrics.accepted.inc();
+    let _counted = Counted::new(&ctx.metrics, settings.tls.is_some(), upgraded.params.gzip);
     tracing::Span::current().record("key", &*upgraded.params.key);
     let run = Box::pin(run_client(upgraded.stream, upgraded.tail, upgraded.params, settings, ctx));
     run.await
@@ -104,7 +117,7 @@ where
     debug!(gzip = params.gzip, "connected");
 
     let (read_end, close_sent) = {
-        let mut writer = Writer::new(&mut write_half, joined.queue, &control, &replies, params.gzip);
+        let mut writer = Writer::new(&mut write_half, joined.queue, &control, &replies, &ctx.metrics, params.gzip);
         let reader = read_loop(&mut ws, ctx, &control, settings);
         let writing = writer.run(settings.ping_interval, &ctx.shutdown, || member.leave());
         tokio::pin!(reader, writing);
@@ -125,12 +138,44 @@ where
     };
     let ending = control.ending();
     debug!(?ending, "disconnected");
+    // The code the server sent, else the one the client sent, else none (a vanished peer).
+    ctx.metrics.disconnected(match ending {
+        Some(Ending::Close { code, .. }) => Some(code.as_u16()),
+        Some(Ending::PeerClosed(code)) => *code,
+        _ => None,
+    });
     // After a protocol error the client may still be sending the rest of its bad message; close
     // our side and read until it closes, so our Close frame is not destroyed by a reset.
     if read_end && close_sent {
         let stream = ws.into_inner().io.unsplit(write_half);
         let lingering = Box::pin(linger(stream));
         lingering.await;
+    }
+}
+
+/// A connection's place in the connection gauges, given back on drop.
+struct Counted<'a> {
+    metrics: &'a Metrics,
+    tls: bool,
+    gzip: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn new(metrics: &'a Metrics, tls: bool, gzip: bool) -> Self {
+        metrics.connections(tls).inc();
+        if gzip {
+            metrics.gzip_connections.inc();
+        }
+        Self { metrics, tls, gzip }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.metrics.connections(self.tls).dec();
+        if self.gzip {
+            self.metrics.gzip_connections.dec();
+        }
     }
 }
 
@@ -174,6 +219,8 @@ where
     let idle = sleep(settings.idle_timeout);
     tokio::pin!(idle);
     let mut budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
+    // The code of the peer's Close, once it sent one.
+    let mut peer_code = None;
     loop {
         let next = tokio::select! {
             biased;
@@ -186,7 +233,9 @@ where
         };
         idle.as_mut().reset(Instant::now() + settings.idle_timeout);
         let text = match next {
-            None => return Ending::PeerClosed,
+            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                return Ending::PeerClosed(peer_code)
+            }
             Some(Err(e)) => return ending_for(e),
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(data))) => match gzip::inflate(&data, settings.max_message_size) {
@@ -196,6 +245,10 @@ where
             },
             // Pings and Closes are answered by tungstenite (through ReadSide); any of them
             // proves the peer alive.
+            Some(Ok(Message::Close(frame))) => {
+                peer_code = frame.map(|f| u16::from(f.code));
+                continue;
+            }
             Some(Ok(_)) => continue,
         };
         if let (Some(bucket), Some((rate, burst))) = (budget.as_mut(), settings.message_rate) {
@@ -207,6 +260,7 @@ where
         // other ending, or once the drain stopped reading, the message was never accepted.
         let replaced = |e: &Ending| e.code() == Some(Code::Replaced);
         if accepting.is_some() && control.ending().is_none_or(replaced) {
+            ctx.metrics.messages_received.inc();
             ctx.hub.publish(text);
         } else {
             debug!("message after the connection began closing: not accepted");
@@ -223,7 +277,6 @@ fn ending_for(e: WsError) -> Ending {
         // The peer vanished without a Close: nothing to answer.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Dead("reset by peer"),
         WsError::Protocol(p) => close_with(Code::Protocol, &p),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::PeerClosed,
         WsError::Io(e) => {
             log_io_error(&e);
             Ending::Dead("read failed")

@@ -17,6 +17,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::hub::Hub;
 use crate::listener::{self, Capacity};
 use crate::logging::{self, LevelHandle, LogError};
+use crate::metrics::Metrics;
 use crate::notify;
 use crate::settings::Settings;
 use crate::shutdown::{DrainReport, Shutdown};
@@ -129,6 +130,7 @@ impl Daemon {
             hub: Arc::new(Hub::new(live_rx.clone())),
             live: live_rx,
             shutdown: Shutdown::default(),
+            metrics: Metrics::new(),
         });
         let capacity = Arc::new(Capacity::default());
         let admin_state = Arc::new(AdminState { health: Health::default(), ctx: ctx.clone() });
@@ -218,15 +220,27 @@ impl Daemon {
     /// what needs a restart, and keeps the old config whole if anything in the new one is wrong.
     fn reload(&mut self) {
         notify::reloading();
+        let ok = self.try_reload();
+        self.ctx.metrics.reloaded(ok);
+    }
+
+    /// The reload itself; false when the running configuration was kept.
+    fn try_reload(&mut self) -> bool {
         let mut new = match config::load(self.config_path.as_deref()) {
             Ok(c) => c,
-            Err(e) => return error!("reload failed, keeping the running configuration: {e}"),
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                return false;
+            }
         };
         let restart = self.config.carry_restart_keys(&mut new);
         // After carrying tls.enabled over: a reload never switches TLS on or off.
         let acceptor = match load_tls(&new) {
             Ok(a) => a,
-            Err(e) => return error!("reload failed, keeping the running configuration: {e}"),
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                return false;
+            }
         };
         if !restart.is_empty() {
             warn!(keys = %restart.join(", "), "changed keys need a restart to take effect");
@@ -239,6 +253,7 @@ impl Daemon {
         self.live.send_replace(Arc::new(Settings::new(&new, acceptor)));
         self.config = new;
         info!("configuration reloaded");
+        true
     }
 }
 

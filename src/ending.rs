@@ -91,8 +91,8 @@ pub enum Ending {
         /// At most [`MAX_REASON`] bytes.
         reason: Cow<'static, str>,
     },
-    /// The peer closed; its Close is echoed.
-    PeerClosed,
+    /// The peer closed, with this code if it gave one; its Close is echoed.
+    PeerClosed(Option<u16>),
     /// The peer is gone or broken; nothing more is sent.
     Dead(&'static str),
 }

@@ -117,12 +117,14 @@ pub struct Outbox {
     /// Bytes of `control` already written.
     control_written: usize,
     gzip: bool,
+    /// Broadcast frames and bytes written since the last [`Outbox::take_sent`].
+    sent: (u64, u64),
 }
 
 impl Outbox {
     /// An empty outbox for a client that wants gzip (Binary) frames or text ones.
     pub fn new(gzip: bool) -> Self {
-        Self { batch: Vec::new(), written: 0, control: Vec::new(), control_written: 0, gzip }
+        Self { batch: Vec::new(), written: 0, control: Vec::new(), control_written: 0, gzip, sent: (0, 0) }
     }
 
     /// Queues control frames (already encoded) for the next frame boundary.
@@ -134,6 +136,17 @@ impl Outbox {
     /// stream would be corrupt without its rest.
     pub fn discard_unstarted(&mut self) {
         self.batch.truncate(usize::from(self.written > 0));
+    }
+
+    /// Whether this client gets gzip frames.
+    pub fn gzip(&self) -> bool {
+        self.gzip
+    }
+
+    /// Broadcast frames fully written and bytes written (control frames included) since the
+    /// last call.
+    pub fn take_sent(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.sent)
     }
 
     /// True when nothing is waiting.
@@ -152,6 +165,7 @@ impl Outbox {
             if control_pending && self.written == 0 {
                 let n = nonzero(ready!(io.as_mut().poll_write(cx, &self.control[self.control_written..]))?)?;
                 self.control_written += n;
+                self.sent.1 += n as u64;
                 if self.control_written == self.control.len() {
                     // Released: control frames are rare, an idle connection holds no buffer.
                     self.control = Vec::new();
@@ -176,6 +190,7 @@ impl Outbox {
 
     /// Accounts for `n` written bytes of the batch.
     fn advance(&mut self, mut n: usize) {
+        self.sent.1 += n as u64;
         let mut done = 0;
         for frames in &self.batch {
             let left = frames.wire(self.gzip).len() - self.written;
@@ -188,6 +203,7 @@ impl Outbox {
             done += 1;
         }
         self.batch.drain(..done);
+        self.sent.0 += done as u64;
     }
 }
 

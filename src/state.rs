@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::admission::Admission;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
@@ -21,4 +22,6 @@ pub struct Context {
     pub live: watch::Receiver<Arc<Settings>>,
     /// Shutdown phases and task tracking.
     pub shutdown: Shutdown,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Metrics,
 }

@@ -56,6 +56,18 @@ impl Rejection {
     pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         Self { status, reason: reason.into(), header: None }
     }
+
+    /// The `reason` label of `wscast_handshakes_rejected_total` for this answer.
+    pub fn metric_reason(&self) -> &'static str {
+        match self.status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::FORBIDDEN => "origin",
+            StatusCode::UPGRADE_REQUIRED => "not_websocket",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "limit",
+            _ => "bad_request",
+        }
+    }
 }
 
 /// Why a handshake did not produce a WebSocket.

@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use crate::ending::{Code, Control, Ending};
 use crate::frame::{self, Frames, Outbox};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// How long a closing connection gets to flush its Close frame (and, after, to hear the reply).
@@ -63,6 +64,7 @@ pub struct Writer<'a, W> {
     queue: mpsc::Receiver<Arc<Frames>>,
     control: &'a Control,
     replies: &'a Replies,
+    metrics: &'a Metrics,
 }
 
 impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
@@ -72,9 +74,10 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         queue: mpsc::Receiver<Arc<Frames>>,
         control: &'a Control,
         replies: &'a Replies,
+        metrics: &'a Metrics,
         gzip: bool,
     ) -> Self {
-        Self { io, outbox: Outbox::new(gzip), queue, control, replies }
+        Self { io, outbox: Outbox::new(gzip), queue, control, replies, metrics }
     }
 
     /// Delivers until the connection is ended, calls `leave` (out of the registry before the
@@ -91,7 +94,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         match self.control.ending() {
             Some(Ending::Close { code, .. }) => self.close_within(*code, shutdown).await,
             // The peer closed: tungstenite's echo of its Close is among the replies.
-            Some(Ending::PeerClosed) => {
+            Some(Ending::PeerClosed(_)) => {
                 self.outbox.discard_unstarted();
                 self.outbox.push_control(&self.replies.take());
                 let _ = timeout(CLOSE_GRACE, self.outbox.flush(self.io)).await;
@@ -130,7 +133,16 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
                 () = control.ended() => return Ok(()),
                 r = self.outbox.flush(&mut *self.io) => r?,
             }
+            self.count_sent();
         }
+    }
+
+    /// Adds what the outbox wrote since the last call to the metrics: two atomic adds per
+    /// write, not per frame.
+    fn count_sent(&mut self) {
+        let (frames, bytes) = self.outbox.take_sent();
+        self.metrics.frames_sent(self.outbox.gzip()).inc_by(frames);
+        self.metrics.bytes_sent.inc_by(bytes);
     }
 
     /// The close sequence, bounded: a client that does not read cannot hold its task (or its
@@ -161,6 +173,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
     async fn close(&mut self, code: Code) -> std::io::Result<()> {
         if code == Code::TooSlow {
             warn!("client too slow: send queue overflow, closing with 4001");
+            self.metrics.slow_consumers.inc();
             self.outbox.discard_unstarted();
         } else {
             // Everything accepted before the close reaches the client first (shutdown, replacement).
@@ -168,7 +181,9 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
                 self.outbox.batch.push(frames);
             }
         }
-        self.outbox.flush(self.io).await?;
+        let flushed = self.outbox.flush(self.io).await;
+        self.count_sent();
+        flushed?;
         if let Some(Ending::Close { reason, .. }) = self.control.ending() {
             self.outbox.push_control(&frame::close(code, reason));
         }
@@ -225,7 +240,8 @@ mod tests {
         // A pipe that holds 16 bytes: the batch is cut mid-frame.
         let (client, mut server) = tokio::io::duplex(16);
         let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, false);
+        let metrics = Metrics::new();
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
         let reader = tokio::spawn(async move {
             // Let the writer fill the pipe and block before anything is read.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -249,11 +265,17 @@ mod tests {
     async fn after_a_replacement_what_was_queued_is_delivered_then_4000() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let metrics = Metrics::new();
         control.end(Ending::close(Code::Replaced));
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, true);
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, true);
         assert!(writer.run(Duration::from_secs(60), &shutdown, || {}).await);
         drop(writer);
         drop(server);
+        assert_eq!(
+            (metrics.frames_sent(true).get(), metrics.frames_sent(false).get()),
+            (2, 0),
+            "two gzip frames counted"
+        );
         let frames = read_all(client).await;
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[0].0, 2, "gzip client: Binary frames");
@@ -265,7 +287,8 @@ mod tests {
     async fn the_4001_path_finishes_the_frame_under_way_and_sends_nothing_else() {
         let (client, mut server) = tokio::io::duplex(16);
         let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, false);
+        let metrics = Metrics::new();
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
         let reader = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             read_all(client).await
@@ -287,8 +310,9 @@ mod tests {
         // Nobody reads: the pipe fills and the Close can never go out.
         let (_client, mut server) = tokio::io::duplex(16);
         let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let metrics = Metrics::new();
         control.end(Ending::close(Code::TooSlow));
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, false);
+        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
         let started = Instant::now();
         assert!(
             !writer.run(Duration::from_secs(60), &shutdown, || {}).await,
@@ -301,8 +325,9 @@ mod tests {
     async fn replies_go_out_between_frames() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let metrics = Metrics::new();
         replies.push(&frame::encode(frame::PONG, b"p"));
-        let mut writer = Writer::new(&mut server, queued(&[]), &control, &replies, false);
+        let mut writer = Writer::new(&mut server, queued(&[]), &control, &replies, &metrics, false);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             control.end(Ending::Dead("test over"));

@@ -60,3 +60,102 @@ async fn readyz_is_503_when_the_first_1001_arrives_and_health_answers_through_th
     let _ = d.events.send(Event::Terminate).await;
     within("daemon exit", d.task).await.unwrap();
 }
+
+/// `name{labels}` -> value, from a strict reading of the OpenMetrics text.
+fn parse(text: &str) -> std::collections::HashMap<String, f64> {
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample line: {l:?}"));
+            assert!(series.starts_with("wscast_"), "{l}");
+            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
+        })
+        .collect()
+}
+
+async fn scrape(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let response = http(admin, &get("/metrics")).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("content-type: application/openmetrics-text"), "{response}");
+    parse(&response[response.find("\r\n\r\n").unwrap() + 4..])
+}
+
+/// Waits until every series in `expected` has moved by exactly its delta from `before`.
+async fn moved(admin: SocketAddr, before: &std::collections::HashMap<String, f64>, expected: &[(&str, f64)]) {
+    let mut last = Default::default();
+    let settled = tokio::time::timeout(WAIT, async {
+        loop {
+            last = scrape(admin).await;
+            let delta = |s: &str| last.get(s).copied().unwrap_or(0.0) - before.get(s).copied().unwrap_or(0.0);
+            if expected.iter().all(|(s, d)| delta(s) == *d) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if settled.is_err() {
+        let got: Vec<_> = expected
+            .iter()
+            .map(|(s, _)| (s, last.get(*s).copied().unwrap_or(0.0) - before.get(*s).copied().unwrap_or(0.0)))
+            .collect();
+        panic!("metrics did not move as expected: want {expected:?}, got {got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_counter_moves_by_exactly_what_happened() {
+    let (d, admin) = start_with_admin().await;
+    let before = scrape(admin).await;
+    assert_eq!(before.get(&format!("wscast_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), Some(&1.0));
+    let mut a = join(&d, "a", false).await;
+    let mut b = join(&d, "b", true).await;
+    send(&mut a, "counted").await;
+    assert_eq!(recv_as(&mut a, false).await, "counted");
+    assert_eq!(recv_as(&mut b, true).await, "counted");
+    assert_eq!(status(&http(d.addr, &upgrade_request("/elsewhere?specialKey=x", "")).await), 404);
+    assert_eq!(status(&http(d.addr, &upgrade_request("/?support_gzip=1", "")).await), 400);
+    moved(
+        admin,
+        &before,
+        &[
+            ("wscast_connections_accepted_total", 2.0),
+            ("wscast_connections{tls=\"false\"}", 2.0),
+            ("wscast_connections{tls=\"true\"}", 0.0),
+            ("wscast_gzip_connections", 1.0),
+            ("wscast_messages_received_total", 1.0),
+            ("wscast_frames_sent_total{kind=\"text\"}", 1.0),
+            ("wscast_frames_sent_total{kind=\"gzip\"}", 1.0),
+            ("wscast_handshakes_rejected_total{reason=\"not_found\"}", 1.0),
+            ("wscast_handshakes_rejected_total{reason=\"bad_request\"}", 1.0),
+        ],
+    )
+    .await;
+    let bytes = scrape(admin).await["wscast_bytes_sent_total"] - before["wscast_bytes_sent_total"];
+    // A 9-byte text frame and a gzip frame of about 30 bytes.
+    assert!((20.0..200.0).contains(&bytes), "bytes sent: {bytes}");
+    // One client closes with 1000; the server closes the other with 4002.
+    use futures_util::SinkExt;
+    let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "done".into(),
+    };
+    within("close", a.close(Some(normal))).await.unwrap();
+    assert!(d.hub.kick("b", wscast::ending::Code::Kicked, "bye"));
+    assert_eq!(recv_close(&mut b).await.0, 4002);
+    moved(
+        admin,
+        &before,
+        &[
+            ("wscast_disconnects_total{code=\"1000\"}", 1.0),
+            ("wscast_disconnects_total{code=\"4002\"}", 1.0),
+            ("wscast_connections{tls=\"false\"}", 0.0),
+            ("wscast_gzip_connections", 0.0),
+        ],
+    )
+    .await;
+    d.reload().await;
+    moved(admin, &before, &[("wscast_reloads_total{result=\"ok\"}", 3.0)]).await;
+    d.stop().await;
+}
