@@ -136,6 +136,14 @@ ok "installed: enabled, active, '$status', user wscast, no capabilities, units v
 readyz=$(inside python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9090/readyz", timeout=5).read().decode().strip())' 2>&1 || true)
 [ "$readyz" = ready ] || die "admin /readyz under systemd: $readyz"
 ok "admin listener: /readyz on 127.0.0.1:9090 answers 'ready' under the hardened unit"
+[ "$(inside stat -c '%U:%G %a' /etc/wscast/admin-token)" = "root:wscast 640" ] || die "/etc/wscast/admin-token ownership"
+stats=$(inside python3 -c '
+import json, urllib.request as u
+token = open("/etc/wscast/admin-token").read().strip()
+req = u.Request("http://127.0.0.1:9090/v1/stats", headers={"Authorization": "Bearer " + token})
+print(json.load(u.urlopen(req, timeout=5))["nodes"][0]["clients"])' 2>&1 || true)
+[ "$stats" = 0 ] || die "admin API with the installed token: $stats"
+ok "admin API: the token made at install (root:wscast 0640) opens /v1/stats"
 
 # 2. Traffic over ws, then over wss with the test CA.
 probe exchange ws://127.0.0.1:8888 >/dev/null || die "ws exchange"
@@ -203,13 +211,15 @@ ok "stop: client got 1001, Result=success, status 0, journal: 'drained 1, cut of
 # 6. Upgrade: the daemon restarts on the new version; the edited conffile is kept.
 inside systemctl start wscast
 before=$(mainpid)
+token_before=$(inside cat /etc/wscast/admin-token)
 inside dpkg -i /mnt/in/new.deb >"$WORK/dpkg.log" 2>&1 || { cat "$WORK/dpkg.log"; die "upgrade"; }
 after=$(mainpid)
 inside systemctl is-active --quiet wscast || die "not active after upgrade"
 [ "$before" != "$after" ] || die "the daemon was not restarted by the upgrade"
 inside grep -q '^rotation = "minutely"' /etc/wscast/wscast.toml || die "the edited conffile was replaced"
+[ "$(inside cat /etc/wscast/admin-token)" = "$token_before" ] || die "the upgrade replaced the admin token"
 version=$(inside dpkg-query -W -f '${Version}' wscast)
-ok "upgrade to $version: restarted (pid $before -> $after), edited conffile kept"
+ok "upgrade to $version: restarted (pid $before -> $after), edited conffile and admin token kept"
 
 # 7. Remove stops it; purge leaves nothing behind.
 inside dpkg -r wscast >/dev/null

@@ -1,12 +1,15 @@
 //! The admin listener: plain HTTP/1.1 (hyper) on loopback or a private network, for operators
-//! and load balancers: `/healthz`, `/readyz` and `/metrics`. It keeps answering through the
-//! drain, until the process exits.
+//! load balancers and the application's backend: `/healthz`, `/readyz`, `/metrics`, and the
+//! token-protected API of [`crate::api`]. It keeps answering through the drain, until the
+//! process exits.
 //!
 //! The router is a plain `match` on method and path, as in linkerd2-proxy's admin server.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::debug;
@@ -49,6 +53,51 @@ pub struct AdminState {
     pub health: Health,
     /// The daemon's shared state.
     pub ctx: Arc<Context>,
+    /// The bearer token of `/v1/*`, if one is configured.
+    pub token: Option<String>,
+    /// This node's name in API answers (the host name).
+    pub node: String,
+}
+
+/// Why the admin token cannot be used; names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("admin.token_file = {path:?} is not usable: {problem}")]
+pub struct TokenError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub problem: String,
+}
+
+/// The admin token: `admin.token_file`, else systemd's credential `admin-token`, else none. A
+/// trailing line end is not part of it; a file anyone may read is refused.
+pub fn load_token(token_file: &Path) -> Result<Option<String>, TokenError> {
+    let path = if token_file.as_os_str().is_empty() {
+        match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if Path::new(&dir).join("admin-token").exists() => Path::new(&dir).join("admin-token"),
+            _ => return Ok(None),
+        }
+    } else {
+        token_file.to_path_buf()
+    };
+    let problem = |problem: String| TokenError { path: path.clone(), problem };
+    let meta = std::fs::metadata(&path).map_err(|e| problem(e.to_string()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(problem("it is readable by everyone; chmod o-r it (0640 root:wscast)".into()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| problem(e.to_string()))?;
+    let token = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(problem("the token must be one non-empty line without spaces".into()));
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// The host name, for API answers.
+pub fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Binds one admin socket.
@@ -74,7 +123,7 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(req, &state).await) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -89,14 +138,41 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    if req.uri().path().starts_with("/v1/") {
+        if let Some(refused) = refusal(&req, state) {
+            return refused;
+        }
+        return crate::api::handle(req, state).await;
+    }
     match req.uri().path() {
         "/healthz" if get => text(StatusCode::OK, "ok"),
         "/readyz" if get => readiness(state),
         "/metrics" if get => metrics(state),
         "/healthz" | "/readyz" | "/metrics" => method_not_allowed("GET, HEAD"),
         other => error(StatusCode::NOT_FOUND, &format!("no admin route {other}; try /healthz, /readyz or /metrics")),
+    }
+}
+
+/// The answer to a request without the right bearer token (compared in constant time), or
+/// `None` when it may pass. A wrong token never reaches the Hub.
+fn refusal(req: &Request<Incoming>, state: &AdminState) -> Option<Response<Full<Bytes>>> {
+    let Some(expected) = &state.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured: set admin.token_file (the package makes /etc/wscast/admin-token)",
+        ));
+    };
+    let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => None,
+        _ => {
+            let mut r =
+                error(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer <admin token> header is required");
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(r)
+        }
     }
 }
 
@@ -125,15 +201,19 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// `{"error": "..."}` with `status`.
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = format!("{}\n", serde_json::json!({ "error": message }));
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, serde_json::json!({ "error": message }))
+}
+
+/// A JSON answer.
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("this route takes {allow}"));
     r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     r

@@ -49,6 +49,9 @@ pub struct Admin {
     /// Addresses of the admin HTTP listener; empty means none.
     #[serde(deserialize_with = "one_or_many")]
     pub listen: Vec<SocketAddr>,
+    /// File holding the bearer token of `/v1/*`; empty means `$CREDENTIALS_DIRECTORY/admin-token`
+    /// when systemd passed it, else no token (those routes answer 403).
+    pub token_file: PathBuf,
 }
 
 /// `[server]`
@@ -475,6 +478,7 @@ impl Config {
         carry!(
             server.listen,
             admin.listen,
+            admin.token_file,
             server.ipv6_prefix,
             tls.enabled,
             log.target,

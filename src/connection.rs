@@ -19,6 +19,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::ending::{Code, Control, Ending};
 use crate::gzip::{self, InflateError};
+use crate::hub::ClientInfo;
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::settings::Settings;
@@ -94,13 +95,19 @@ where
     ctx.metrics.accepted.inc();
     let _counted = Counted::new(&ctx.metrics, settings.tls.is_some(), upgraded.params.gzip);
     tracing::Span::current().record("key", &*upgraded.params.key);
-    let run = Box::pin(run_client(upgraded.stream, upgraded.tail, upgraded.params, settings, ctx));
+    let info = ClientInfo {
+        peer,
+        tls: settings.tls.is_some(),
+        gzip: upgraded.params.gzip,
+        connected_at: std::time::SystemTime::now(),
+    };
+    let run = Box::pin(run_client(upgraded.stream, upgraded.tail, upgraded.params.key, info, settings, ctx));
     run.await
 }
 
 /// Serves an upgraded client: registration, then a reader that publishes and a writer that
 /// delivers until one of them ends it, then the close handshake.
-async fn run_client<S>(stream: S, tail: Vec<u8>, params: ClientParams, settings: &Settings, ctx: &Context)
+async fn run_client<S>(stream: S, tail: Vec<u8>, key: Box<str>, info: ClientInfo, settings: &Settings, ctx: &Context)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -109,15 +116,15 @@ where
     let (read_half, mut write_half) = tokio::io::split(stream);
     let read_side = ReadSide { io: read_half, replies: &replies };
     let mut ws = WebSocketStream::from_partially_read(read_side, tail, Role::Server, Some(settings.websocket)).await;
-    let joined = ctx.hub.join(params.key, params.gzip, settings.send_queue);
+    let joined = ctx.hub.join(key, info, settings.send_queue);
     let (mut member, control) = (joined.member, joined.control);
     if ctx.shutdown.is_closing() {
         control.end(Ending::close(Code::GoingAway));
     }
-    debug!(gzip = params.gzip, "connected");
+    debug!(gzip = info.gzip, "connected");
 
     let (read_end, close_sent) = {
-        let mut writer = Writer::new(&mut write_half, joined.queue, &control, &replies, &ctx.metrics, params.gzip);
+        let mut writer = Writer::new(&mut write_half, joined.queue, &control, &replies, &ctx.metrics, info.gzip);
         let reader = read_loop(&mut ws, ctx, &control, settings);
         let writing = writer.run(settings.ping_interval, &ctx.shutdown, || member.leave());
         tokio::pin!(reader, writing);

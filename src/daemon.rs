@@ -44,6 +44,9 @@ pub enum StartError {
     /// The log directory cannot be used.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The admin token file cannot be used.
+    #[error(transparent)]
+    AdminToken(#[from] admin::TokenError),
     /// The sockets passed by systemd cannot be used.
     #[error("sockets passed by systemd (LISTEN_FDS) cannot be used: {0}")]
     Inherited(std::io::Error),
@@ -79,6 +82,7 @@ impl StartError {
 /// directory is writable.
 pub fn check(config: &Config) -> Result<(), StartError> {
     load_tls(config)?;
+    admin::load_token(&config.admin.token_file)?;
     if config.log.target == config::LogTarget::File {
         logging::file_appender(&config.log)?;
     }
@@ -133,7 +137,9 @@ impl Daemon {
             metrics: Metrics::new(),
         });
         let capacity = Arc::new(Capacity::default());
-        let admin_state = Arc::new(AdminState { health: Health::default(), ctx: ctx.clone() });
+        let token = admin::load_token(&config.admin.token_file)?;
+        let admin_state =
+            Arc::new(AdminState { health: Health::default(), ctx: ctx.clone(), token, node: admin::node_name() });
         Ok(Self { config, config_path, listeners, addrs, ctx, live, admin, admin_addrs, admin_state, capacity, level })
     }
 

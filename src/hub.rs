@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::ending::{Code, Control, Ending};
 use crate::fanout;
 use crate::frame::Frames;
+pub use crate::registry::ClientInfo;
 use crate::registry::{Client, Registry};
 use crate::settings::Settings;
 
@@ -66,11 +67,11 @@ impl Hub {
 
     /// Registers a connection under `key` with a queue of `queue_len` messages; a connection
     /// already there is closed with 4000.
-    pub fn join(&self, key: Box<str>, gzip: bool, queue_len: usize) -> Joined<'_> {
+    pub fn join(&self, key: Box<str>, info: ClientInfo, queue_len: usize) -> Joined<'_> {
         let (queue, rx) = mpsc::channel(queue_len);
         let control = Arc::new(Control::default());
         let id = self.registry.next_id();
-        self.registry.register(key.clone(), Client { id, gzip, queue, control: control.clone() });
+        self.registry.register(key.clone(), Client { id, gzip: info.gzip, info, queue, control: control.clone() });
         Joined { member: Member { hub: self, key, id, left: false }, queue: rx, control }
     }
 
@@ -89,6 +90,11 @@ impl Hub {
     pub fn send_to(&self, key: &str, text: Utf8Bytes) -> bool {
         let frames = self.frames(text);
         self.registry.with(key, |client| fanout::to_one(client, &frames)).unwrap_or(false)
+    }
+
+    /// What is known of the connection holding `key`.
+    pub fn client(&self, key: &str) -> Option<ClientInfo> {
+        self.registry.with(key, |client| client.info)
     }
 
     /// Closes the connection holding `key` with `code` and `reason`; false when none does.
@@ -133,6 +139,15 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    fn info(gzip: bool) -> ClientInfo {
+        ClientInfo {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            tls: false,
+            gzip,
+            connected_at: std::time::SystemTime::now(),
+        }
+    }
+
     fn hub() -> Hub {
         let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None)));
         Hub::new(live)
@@ -145,8 +160,8 @@ mod tests {
     #[test]
     fn a_member_leaves_on_drop_and_never_removes_its_successor() {
         let hub = hub();
-        let first = hub.join("k".into(), false, 4);
-        let second = hub.join("k".into(), true, 4);
+        let first = hub.join("k".into(), info(false), 4);
+        let second = hub.join("k".into(), info(true), 4);
         assert_eq!(first.control.ending().and_then(Ending::code), Some(Code::Replaced));
         drop(first);
         assert_eq!(hub.len(), 1, "the replaced member's drop left the successor in place");
@@ -157,11 +172,13 @@ mod tests {
     #[test]
     fn publish_and_deliver_remote_reach_everyone_send_to_one() {
         let hub = hub();
-        let mut a = hub.join("a".into(), false, 4);
-        let mut b = hub.join("b".into(), true, 4);
+        let mut a = hub.join("a".into(), info(false), 4);
+        let mut b = hub.join("b".into(), info(true), 4);
         assert_eq!(hub.publish(text("local")), 2);
         assert_eq!(hub.deliver_remote(text("remote")), 2);
         assert!(hub.send_to("b", text("only b")));
+        assert_eq!(hub.client("b").map(|c| c.gzip), Some(true));
+        assert_eq!(hub.client("nobody"), None);
         assert!(!hub.send_to("nobody", text("lost")));
         let payloads = |q: &mut mpsc::Receiver<Arc<Frames>>| {
             std::iter::from_fn(|| q.try_recv().ok()).map(|f| f.payload().to_vec()).collect::<Vec<_>>()
@@ -173,7 +190,7 @@ mod tests {
     #[test]
     fn a_full_queue_is_closed_with_4001() {
         let hub = hub();
-        let slow = hub.join("slow".into(), false, 1);
+        let slow = hub.join("slow".into(), info(false), 1);
         assert_eq!(hub.publish(text("one")), 1);
         assert_eq!(hub.publish(text("two")), 0);
         assert_eq!(slow.control.ending().and_then(Ending::code), Some(Code::TooSlow));
@@ -182,8 +199,8 @@ mod tests {
     #[test]
     fn kick_and_close_all() {
         let hub = hub();
-        let a = hub.join("a".into(), false, 4);
-        let b = hub.join("b".into(), false, 4);
+        let a = hub.join("a".into(), info(false), 4);
+        let b = hub.join("b".into(), info(false), 4);
         assert!(hub.kick("a", Code::Kicked, "bye"));
         assert!(!hub.kick("nobody", Code::Kicked, "bye"));
         assert_eq!(a.control.ending(), Some(&Ending::close_because(Code::Kicked, "bye")));

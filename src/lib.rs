@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod api;
 pub mod config;
 pub mod connection;
 pub mod daemon;

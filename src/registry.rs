@@ -12,6 +12,19 @@ use tokio::sync::mpsc;
 use crate::ending::{Code, Control, Ending};
 use crate::frame::Frames;
 
+/// What the admin API shows of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// Connected over TLS.
+    pub tls: bool,
+    /// Wants gzip Binary frames.
+    pub gzip: bool,
+    /// When its upgrade completed.
+    pub connected_at: std::time::SystemTime,
+}
+
 /// A registered connection as the fan-out sees it.
 #[derive(Debug)]
 pub struct Client {
@@ -19,6 +32,8 @@ pub struct Client {
     pub id: u64,
     /// Wants gzip Binary frames.
     pub gzip: bool,
+    /// Where it comes from and since when.
+    pub info: ClientInfo,
     /// The connection's bounded send queue.
     pub queue: mpsc::Sender<Arc<Frames>>,
     /// How to end it.
@@ -122,7 +137,13 @@ mod tests {
     fn client(reg: &Registry, gzip: bool) -> (Client, Arc<Control>) {
         let (queue, _rx) = mpsc::channel(1);
         let control = Arc::new(Control::default());
-        (Client { id: reg.next_id(), gzip, queue, control: control.clone() }, control)
+        let info = ClientInfo {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            tls: false,
+            gzip,
+            connected_at: std::time::SystemTime::UNIX_EPOCH,
+        };
+        (Client { id: reg.next_id(), gzip, info, queue, control: control.clone() }, control)
     }
 
     #[test]

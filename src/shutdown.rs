@@ -71,6 +71,11 @@ impl Shutdown {
         self.deadline.get().copied()
     }
 
+    /// True once readers must stop taking new messages (the admin API's publish too).
+    pub fn reading_has_stopped(&self) -> bool {
+        self.stop_reading.is_cancelled()
+    }
+
     /// True from the first moment of a drain.
     pub fn is_draining(&self) -> bool {
         self.deadline.get().is_some()

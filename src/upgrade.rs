@@ -413,7 +413,7 @@ pub fn parse_query(query: &str) -> Result<ClientParams, String> {
 }
 
 /// Percent-decodes a query value, `+` meaning space as in Go's `url.ParseQuery`.
-fn decode(raw: &str) -> Result<String, &'static str> {
+pub(crate) fn decode(raw: &str) -> Result<String, &'static str> {
     let bytes = raw.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'%' && !(bytes.len() > i + 2 && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit()) {

@@ -14,7 +14,12 @@ fn get(path: &str) -> String {
 
 /// A daemon with an admin listener on a free loopback port.
 async fn start_with_admin() -> (TestDaemon, SocketAddr) {
+    start_with_admin_and(|_| {}).await
+}
+
+async fn start_with_admin_and(edit: impl FnOnce(&mut wscast::config::Config)) -> (TestDaemon, SocketAddr) {
     let mut c = config();
+    edit(&mut c);
     c.admin.listen = vec!["127.0.0.1:0".parse().unwrap()];
     c.shutdown.drain_timeout = Duration::from_secs(30);
     let daemon = wscast::daemon::Daemon::bind(c, None, None).expect("binds");
@@ -136,7 +141,6 @@ async fn every_counter_moves_by_exactly_what_happened() {
     // A 9-byte text frame and a gzip frame of about 30 bytes.
     assert!((20.0..200.0).contains(&bytes), "bytes sent: {bytes}");
     // One client closes with 1000; the server closes the other with 4002.
-    use futures_util::SinkExt;
     let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
         reason: "done".into(),
@@ -157,5 +161,123 @@ async fn every_counter_moves_by_exactly_what_happened() {
     .await;
     d.reload().await;
     moved(admin, &before, &[("wscast_reloads_total{result=\"ok\"}", 3.0)]).await;
+    d.stop().await;
+}
+
+const TOKEN: &str = "s3cret-admin-token";
+
+/// A daemon whose admin token is in a 0640 file (with the trailing newline editors leave).
+async fn start_with_token() -> (TestDaemon, SocketAddr, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (d, admin) = start_with_admin_and(|c| c.admin.token_file = file.clone()).await;
+    (d, admin, dir)
+}
+
+/// An API request with the token, returning (status, body).
+async fn api(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    api_as(admin, method, path, body, &format!("Authorization: Bearer {TOKEN}\r\n")).await
+}
+
+async fn api_as(admin: SocketAddr, method: &str, path: &str, body: &str, auth: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = http(admin, &request).await;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status(&response), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_api_is_closed_with_403_saying_how_to_set_one() {
+    let (d, admin) = start_with_admin().await;
+    let (code, body) = api(admin, "POST", "/v1/publish", "hello").await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("admin.token_file"), "{body}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_token_gets_401_and_never_reaches_the_hub() {
+    let (d, admin, _dir) = start_with_token().await;
+    let mut a = join(&d, "a", false).await;
+    for auth in ["", "Authorization: Bearer wrong\r\n", "Authorization: Basic czNjcmV0\r\n"] {
+        let request =
+            format!("POST /v1/publish HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\nlost");
+        let response = http(admin, &request).await;
+        assert_eq!(status(&response), 401, "{response}");
+        assert!(response.to_ascii_lowercase().contains("www-authenticate: bearer"), "{response}");
+    }
+    // The next frame a gets is the one published with the right token.
+    assert_eq!(api(admin, "POST", "/v1/publish", "with the token").await, (202, "{\"clients\":1}\n".into()));
+    assert_eq!(recv_text(&mut a).await, "with the token");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_send_look_up_kick_and_stats() {
+    let (d, admin, _dir) = start_with_token().await;
+    let mut plain = join(&d, "plain", false).await;
+    // A key with a space, a slash and UTF-8, percent-encoded in the URL and in the path.
+    let mut odd = join(&d, "a%20b%2Fc%C3%A9", true).await;
+    assert_eq!(api(admin, "POST", "/v1/publish", "to everyone").await.0, 202);
+    assert_eq!(recv_as(&mut plain, false).await, "to everyone");
+    assert_eq!(recv_as(&mut odd, true).await, "to everyone");
+    let (code, _) = api(admin, "POST", "/v1/clients/a%20b%2Fc%C3%A9/send", "only you").await;
+    assert_eq!(code, 202);
+    assert_eq!(recv_as(&mut odd, true).await, "only you");
+    assert_eq!(api(admin, "POST", "/v1/clients/nobody/send", "lost").await.0, 404);
+    let (code, body) = api(admin, "GET", "/v1/clients/a%20b%2Fc%C3%A9", "").await;
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (info["key"].as_str(), info["gzip"].as_bool(), info["tls"].as_bool()),
+        (Some("a b/c\u{e9}"), Some(true), Some(false))
+    );
+    assert!(info["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{body}");
+    assert!(info["connected_at"].as_str().unwrap().ends_with('Z'), "{body}");
+    let (code, body) = api(admin, "GET", "/v1/stats", "").await;
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((code, stats["nodes"][0]["clients"].as_u64()), (200, Some(2)), "{body}");
+    // A code outside 4000-4999 closes nothing.
+    assert_eq!(api(admin, "DELETE", "/v1/clients/plain?code=1000", "").await.0, 400);
+    assert_eq!(api(admin, "DELETE", "/v1/clients/plain?code=4100&reason=see+you", "").await.0, 202);
+    assert_eq!(recv_close(&mut plain).await, (4100, "see you".into()));
+    assert_eq!(api(admin, "DELETE", "/v1/clients/a%20b%2Fc%C3%A9", "").await.0, 202);
+    assert_eq!(recv_close(&mut odd).await, (4002, "closed by the server".into()));
+    assert_eq!(api(admin, "DELETE", "/v1/clients/plain", "").await.0, 404);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_api_input_gets_a_json_error_with_the_fitting_status() {
+    let (d, admin, _dir) = start_with_token().await;
+    let big = "x".repeat(64 * 1024 + 1);
+    let (code, body) = api(admin, "POST", "/v1/publish", &big).await;
+    assert_eq!(code, 413, "{body}");
+    assert!(body.starts_with("{\"error\":"), "{body}");
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    // A body announced as too large is refused before it is sent.
+    let request =
+        format!("POST /v1/publish HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 100000000\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&http(admin, &request).await), 413);
+    let request = format!("POST /v1/publish HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}");
+    assert_eq!(status(&http(admin, &request).await), 415);
+    // Not UTF-8.
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!("POST /v1/publish HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 2\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &[head.as_bytes(), &[0xff, 0xfe]].concat()).await.unwrap();
+    let mut answer = String::new();
+    within("answer", tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("not UTF-8"), "{answer}");
+    assert_eq!(api(admin, "GET", "/v1/publish", "").await.0, 405);
+    assert_eq!(api(admin, "PUT", "/v1/clients/x", "").await.0, 405);
+    assert_eq!(api(admin, "GET", "/v1/nothing", "").await.0, 404);
+    assert_eq!(api(admin, "GET", "/v1/clients/%FF", "").await.0, 400);
     d.stop().await;
 }

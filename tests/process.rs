@@ -496,3 +496,17 @@ async fn an_admin_address_in_use_exits_71_naming_it() {
     assert_eq!(code, 71, "{stderr}");
     assert!(stderr.contains(&format!("admin.listen = {addr} cannot be bound")), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_world_readable_admin_token_is_refused_with_78() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "secret\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = spawn(&base(&format!("[admin]\ntoken_file = {token:?}\n")));
+    let (code, stderr) = p.exit().await;
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("admin.token_file") && stderr.contains("readable by everyone"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains("ERROR")).count(), 1, "one error line: {stderr}");
+}

@@ -1,0 +1,151 @@
+//! The admin API (`/v1/*`), for the application's backend: publish to everyone, send to one
+//! key, kick a key, look a key up, counts. Everything goes through the Hub, exactly as a
+//! client's message does; the bearer token was checked before a request gets here.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::admin::{error, json_response, method_not_allowed, AdminState};
+use crate::ending::Code;
+
+type Answer = Response<Full<Bytes>>;
+
+/// Answers one `/v1/` request.
+pub async fn handle(req: Request<Incoming>, state: &AdminState) -> Answer {
+    let segments: Option<Vec<String>> = req.uri().path().split('/').skip(2).map(segment).collect();
+    let Some(segments) = segments else {
+        return error(StatusCode::BAD_REQUEST, "the path is not UTF-8 after percent-decoding");
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::POST, ["publish"]) => publish(req, state).await,
+        (_, ["publish"]) => method_not_allowed("POST"),
+        (Method::POST, ["clients", key, "send"]) => {
+            let key = key.to_string();
+            send(req, state, &key).await
+        }
+        (_, ["clients", _, "send"]) => method_not_allowed("POST"),
+        (Method::GET, ["clients", key]) => client(state, key),
+        (Method::DELETE, ["clients", key]) => kick(&req, state, key),
+        (_, ["clients", _]) => method_not_allowed("GET, DELETE"),
+        (Method::GET, ["stats"]) => stats(state),
+        (_, ["stats"]) => method_not_allowed("GET"),
+        _ => error(StatusCode::NOT_FOUND, &format!("no admin API route {}", req.uri().path())),
+    }
+}
+
+/// A percent-decoded path segment: a key may hold `/` (as `%2F`), spaces and UTF-8.
+fn segment(raw: &str) -> Option<String> {
+    percent_decode_str(raw).decode_utf8().ok().map(|s| s.into_owned())
+}
+
+async fn publish(req: Request<Incoming>, state: &AdminState) -> Answer {
+    let text = match text_body(req, state).await {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    // Held while publishing, like a client's reader: the drain waits for it, so a message
+    // answered with 202 is delivered before anyone gets 1001.
+    let _accepting = state.ctx.shutdown.reader_guard();
+    if state.ctx.shutdown.reading_has_stopped() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is draining: nothing is accepted any more");
+    }
+    state.ctx.metrics.messages_received.inc();
+    let clients = state.ctx.hub.publish(text);
+    json_response(StatusCode::ACCEPTED, json!({ "clients": clients }))
+}
+
+async fn send(req: Request<Incoming>, state: &AdminState, key: &str) -> Answer {
+    let text = match text_body(req, state).await {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    if state.ctx.hub.send_to(key, text) {
+        json_response(StatusCode::ACCEPTED, json!({ "key": key }))
+    } else {
+        error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"))
+    }
+}
+
+fn client(state: &AdminState, key: &str) -> Answer {
+    let Some(info) = state.ctx.hub.client(key) else {
+        return error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"));
+    };
+    json_response(
+        StatusCode::OK,
+        json!({
+            "key": key,
+            "node": state.node,
+            "peer": info.peer.to_string(),
+            "gzip": info.gzip,
+            "tls": info.tls,
+            "connected_at": humantime::format_rfc3339_seconds(info.connected_at).to_string(),
+        }),
+    )
+}
+
+fn kick(req: &Request<Incoming>, state: &AdminState, key: &str) -> Answer {
+    let (mut code, mut reason) = (Code::Kicked, None);
+    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Ok(value) = crate::upgrade::decode(value) else {
+            return error(StatusCode::BAD_REQUEST, &format!("{name} has a bad percent-escape"));
+        };
+        match name {
+            "code" => match value.parse().ok().and_then(Code::for_kick) {
+                Some(c) => code = c,
+                None => return error(StatusCode::BAD_REQUEST, &format!("code must be 4000 to 4999, not {value:?}")),
+            },
+            "reason" => reason = Some(value),
+            _ => {}
+        }
+    }
+    let reason = reason.unwrap_or_else(|| Code::Kicked.reason().to_string());
+    if state.ctx.hub.kick(key, code, &reason) {
+        json_response(StatusCode::ACCEPTED, json!({ "key": key, "code": code.as_u16() }))
+    } else {
+        error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"))
+    }
+}
+
+fn stats(state: &AdminState) -> Answer {
+    let hub = &state.ctx.hub;
+    let m = &state.ctx.metrics;
+    let node = json!({
+        "node": state.node,
+        "clients": hub.len(),
+        "gzip_clients": hub.gzip_len(),
+        "connections_accepted": m.accepted.get(),
+        "messages_received": m.messages_received.get(),
+        "draining": state.ctx.shutdown.is_draining(),
+    });
+    json_response(StatusCode::OK, json!({ "nodes": [node] }))
+}
+
+/// The body as text: `text/plain` (or no type), UTF-8, at most `websocket.max_message_size`.
+/// A body announced as larger is refused before a byte of it is read.
+async fn text_body(req: Request<Incoming>, state: &AdminState) -> Result<Utf8Bytes, Answer> {
+    let max = state.ctx.live.borrow().max_message_size;
+    if let Some(kind) = req.headers().get(CONTENT_TYPE) {
+        if !kind.to_str().is_ok_and(|k| k.trim_start().to_ascii_lowercase().starts_with("text/plain")) {
+            return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be text/plain (UTF-8)"));
+        }
+    }
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the message is over {max} bytes"));
+    let announced = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, &format!("the body could not be read: {e}"))),
+    };
+    Utf8Bytes::try_from(body).map_err(|_| error(StatusCode::BAD_REQUEST, "the message is not UTF-8"))
+}
