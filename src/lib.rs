@@ -17,8 +17,8 @@
 //! Leaves: [`ending`] (how a connection ends, every close code), [`rate`] (the token bucket),
 //! [`gzip`]. Around it: [`config`], [`settings`] (the live settings a reload replaces),
 //! [`state`] (what every connection shares), [`logging`], [`signals`], [`notify`] (sd_notify),
-//! [`shutdown`] (phased drain), [`admin`] (health, readiness and [`metrics`] over HTTP) and
-//! [`daemon`] (bind, run, reload).
+//! [`shutdown`] (phased drain), [`admin`] (health, readiness, [`metrics`] and the [`api`] over
+//! HTTP) and [`daemon`] (bind, run, reload).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
