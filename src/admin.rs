@@ -140,7 +140,8 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
 
 async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    if req.uri().path().starts_with("/v1/") {
+    let path = req.uri().path();
+    if path.starts_with("/v1/") || path.starts_with("/debug/") {
         if let Some(refused) = refusal(&req, state) {
             return refused;
         }

@@ -1,5 +1,5 @@
 //! The admin API (`/v1/*`), for the application's backend: publish to everyone, send to one
-//! key, kick a key, look a key up, counts. Everything goes through the Hub, exactly as a
+//! key, kick a key, look a key up, counts; and `/debug/clients` for operators. Everything goes through the Hub, exactly as a
 //! client's message does; the bearer token was checked before a request gets here.
 
 use bytes::Bytes;
@@ -18,24 +18,26 @@ type Answer = Response<Full<Bytes>>;
 
 /// Answers one `/v1/` request.
 pub async fn handle(req: Request<Incoming>, state: &AdminState) -> Answer {
-    let segments: Option<Vec<String>> = req.uri().path().split('/').skip(2).map(segment).collect();
+    let segments: Option<Vec<String>> = req.uri().path().split('/').skip(1).map(segment).collect();
     let Some(segments) = segments else {
         return error(StatusCode::BAD_REQUEST, "the path is not UTF-8 after percent-decoding");
     };
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (req.method().clone(), segments.as_slice()) {
-        (Method::POST, ["publish"]) => publish(req, state).await,
-        (_, ["publish"]) => method_not_allowed("POST"),
-        (Method::POST, ["clients", key, "send"]) => {
+        (Method::POST, ["v1", "publish"]) => publish(req, state).await,
+        (_, ["v1", "publish"]) => method_not_allowed("POST"),
+        (Method::POST, ["v1", "clients", key, "send"]) => {
             let key = key.to_string();
             send(req, state, &key).await
         }
-        (_, ["clients", _, "send"]) => method_not_allowed("POST"),
-        (Method::GET, ["clients", key]) => client(state, key),
-        (Method::DELETE, ["clients", key]) => kick(&req, state, key),
-        (_, ["clients", _]) => method_not_allowed("GET, DELETE"),
-        (Method::GET, ["stats"]) => stats(state),
-        (_, ["stats"]) => method_not_allowed("GET"),
+        (_, ["v1", "clients", _, "send"]) => method_not_allowed("POST"),
+        (Method::GET, ["v1", "clients", key]) => client(state, key),
+        (Method::DELETE, ["v1", "clients", key]) => kick(&req, state, key),
+        (_, ["v1", "clients", _]) => method_not_allowed("GET, DELETE"),
+        (Method::GET, ["v1", "stats"]) => stats(state),
+        (_, ["v1", "stats"]) => method_not_allowed("GET"),
+        (Method::GET, ["debug", "clients"]) => debug_clients(state),
+        (_, ["debug", "clients"]) => method_not_allowed("GET"),
         _ => error(StatusCode::NOT_FOUND, &format!("no admin API route {}", req.uri().path())),
     }
 }
@@ -112,6 +114,21 @@ fn kick(req: &Request<Incoming>, state: &AdminState, key: &str) -> Answer {
     } else {
         error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"))
     }
+}
+
+/// One JSON object per line and per local connection, for a quick look with `grep` or `jq`.
+fn debug_clients(state: &AdminState) -> Answer {
+    let now = std::time::SystemTime::now();
+    let mut lines = String::new();
+    state.ctx.hub.for_each_client(|key, info, queued| {
+        let age = now.duration_since(info.connected_at).unwrap_or_default().as_secs();
+        let line = json!({ "key": key, "peer": info.peer.to_string(), "gzip": info.gzip, "tls": info.tls,
+                           "queued": queued, "age_seconds": age });
+        lines.push_str(&format!("{line}\n"));
+    });
+    let mut r = Response::new(Full::new(Bytes::from(lines)));
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/x-ndjson"));
+    r
 }
 
 fn stats(state: &AdminState) -> Answer {

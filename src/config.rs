@@ -141,6 +141,9 @@ pub struct Shutdown {
     /// How long clients get to take their last messages and the 1001 close.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The drain's 1001 closes are spread over this long, so reconnects do not all land at once.
+    #[serde(with = "humantime_serde")]
+    pub spread: Duration,
 }
 
 /// `log.target`
@@ -233,7 +236,7 @@ impl Default for Log {
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Self { drain_timeout: Duration::from_secs(20) }
+        Self { drain_timeout: Duration::from_secs(20), spread: Duration::ZERO }
     }
 }
 
@@ -365,7 +368,19 @@ impl Config {
         }
         self.websocket.validate()?;
         self.log.validate()?;
-        nonzero("shutdown.drain_timeout", self.shutdown.drain_timeout)
+        nonzero("shutdown.drain_timeout", self.shutdown.drain_timeout)?;
+        let (spread, drain) = (self.shutdown.spread, self.shutdown.drain_timeout);
+        if spread >= drain {
+            return Err(ConfigError::invalid(
+                "shutdown.spread",
+                format!("\"{}\"", humantime::format_duration(spread)),
+                format!(
+                    "must be shorter than shutdown.drain_timeout ({}), so the last clients can still flush",
+                    humantime::format_duration(drain)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -581,6 +596,7 @@ mod tests {
             ("[server]\nhandshake_timeout = \"ten\"\n", &[], &["server.handshake_timeout", "\"ten\""]),
             ("[server]\nbogus = 1\n", &[], &["server.bogus = 1", "unknown key"]),
             ("[server]\nipv6_prefix = 0\n", &[], &["server.ipv6_prefix = 0", "1 to 128"]),
+            ("[shutdown]\nspread = \"30s\"\n", &[], &["shutdown.spread = \"30s\"", "drain_timeout (20s)"]),
             ("[websocket]\ngzip_level = 11\n", &[], &["websocket.gzip_level = 11", "0 to 9"]),
             ("[websocket]\nmax_message_size = \"lots\"\n", &[], &["websocket.max_message_size", "lots"]),
             ("[websocket]\nidle_timeout = \"10s\"\n", &[], &["websocket.idle_timeout", "ping_interval"]),

@@ -199,7 +199,7 @@ impl Daemon {
         let open = self.ctx.hub.len();
         info!(clients = open, "draining within {}", humantime::format_duration(timeout));
         notify::stopping(&format!("draining {open} clients"));
-        let drain = self.ctx.shutdown.drain(&self.ctx.hub, timeout);
+        let drain = self.ctx.shutdown.drain(&self.ctx.hub, timeout, self.config.shutdown.spread);
         tokio::pin!(drain);
         let report = loop {
             tokio::select! {

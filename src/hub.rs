@@ -102,6 +102,19 @@ impl Hub {
         self.registry.with(key, |client| client.control.end(Ending::close_because(code, reason))).unwrap_or(false)
     }
 
+    /// Calls `f` with the key, the info and the queue depth (messages waiting) of every local
+    /// connection. `f` must not block: a registry shard is read-locked meanwhile.
+    pub fn for_each_client(&self, mut f: impl FnMut(&str, &ClientInfo, usize)) {
+        self.registry.for_each_keyed(|key, c| f(key, &c.info, c.queue.max_capacity() - c.queue.capacity()));
+    }
+
+    /// The end switches of every registered connection, for a drain that closes them over time.
+    pub fn controls(&self) -> Vec<Arc<Control>> {
+        let mut controls = Vec::with_capacity(self.registry.len());
+        self.registry.for_each(|client| controls.push(client.control.clone()));
+        controls
+    }
+
     /// Ends every registered connection with `ending` (the drain's 1001).
     pub fn close_all(&self, ending: &Ending) {
         self.registry.for_each(|client| {

@@ -114,6 +114,13 @@ impl Registry {
         }
     }
 
+    /// Like [`Registry::for_each`], with each connection's key.
+    pub fn for_each_keyed(&self, mut f: impl FnMut(&str, &Client)) {
+        for entry in self.clients.iter() {
+            f(entry.key(), entry.value());
+        }
+    }
+
     /// Registered connections.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

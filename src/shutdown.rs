@@ -1,5 +1,6 @@
 //! Shutdown in phases: stop accepting, stop reading, close every client with 1001 after its
-//! queue, and wait for all of it within one deadline.
+//! queue (at once, or spread over `shutdown.spread`), and wait for all of it within one
+//! deadline.
 //!
 //! Reading stops everywhere before any client is closed, so every message the daemon accepted is
 //! in every queue before the queues are drained: nothing accepted is lost.
@@ -115,7 +116,7 @@ impl Shutdown {
     }
 
     /// Runs the phases; returns when every connection is gone or the deadline passed.
-    pub async fn drain(&self, hub: &Hub, timeout: Duration) -> DrainReport {
+    pub async fn drain(&self, hub: &Hub, timeout: Duration, spread: Duration) -> DrainReport {
         let deadline = *self.deadline.get_or_init(|| Instant::now() + timeout);
         self.stop_accepting.cancel();
         self.stop_reading.cancel();
@@ -124,12 +125,38 @@ impl Shutdown {
         // Set the flag before the sweep: a connection registering now either is in the sweep or
         // sees the flag right after registering.
         self.closing.cancel();
-        hub.close_all(&Ending::close(Code::GoingAway));
+        close_spread(hub, spread.min(deadline.saturating_duration_since(Instant::now()))).await;
         self.connections.close();
         let _ = tokio::time::timeout_at(deadline, self.connections.wait()).await;
         self.report()
     }
 }
+
+/// Sends every client its 1001: at once, or in small shuffled batches, each at a jittered moment
+/// of its own slice of `spread`, so the clients' reconnects are spread too. Clients that join
+/// meanwhile saw `closing` and end themselves.
+async fn close_spread(hub: &Hub, spread: Duration) {
+    let ending = Ending::close(Code::GoingAway);
+    if spread.is_zero() {
+        return hub.close_all(&ending);
+    }
+    let mut controls = hub.controls();
+    fastrand::shuffle(&mut controls);
+    let batches = (spread.as_millis() / SPREAD_BATCH_EVERY.as_millis()).max(1) as usize;
+    let per_batch = controls.len().div_ceil(batches).max(1);
+    let chunks = controls.len().div_ceil(per_batch).max(1);
+    let slice = spread / chunks as u32;
+    let start = Instant::now();
+    for (i, chunk) in controls.chunks(per_batch).enumerate() {
+        tokio::time::sleep_until(start + slice * i as u32 + slice.mul_f64(fastrand::f64())).await;
+        for control in chunk {
+            control.end(ending.clone());
+        }
+    }
+}
+
+/// The spread drain closes a batch about this often.
+const SPREAD_BATCH_EVERY: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {

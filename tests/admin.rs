@@ -281,3 +281,73 @@ async fn bad_api_input_gets_a_json_error_with_the_fitting_status() {
     assert_eq!(api(admin, "GET", "/v1/clients/%FF", "").await.0, 400);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_clients_lists_local_connections_as_json_lines() {
+    let (d, admin, _dir) = start_with_token().await;
+    let _a = join(&d, "a", false).await;
+    let _b = join(&d, "b", true).await;
+    assert_eq!(api_as(admin, "GET", "/debug/clients", "", "").await.0, 401, "the token is required");
+    let (code, body) = api(admin, "GET", "/debug/clients", "").await;
+    assert_eq!(code, 200, "{body}");
+    let mut keys: Vec<(String, bool)> = body
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["queued"].is_u64() && v["age_seconds"].is_u64(), "{l}");
+            (v["key"].as_str().unwrap().to_string(), v["gzip"].as_bool().unwrap())
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, [("a".to_string(), false), ("b".to_string(), true)]);
+    d.stop().await;
+}
+
+/// When each of `n` clients got its 1001, in ms after the first one, sorted.
+async fn close_times(spread: Duration, n: usize) -> Vec<u128> {
+    let (d, _admin) = start_with_admin_and(|c| {
+        c.shutdown.spread = spread;
+        c.shutdown.drain_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(join(&d, &format!("c{i}"), false).await);
+    }
+    let stop = tokio::spawn(d.stop());
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                assert_eq!(recv_close(&mut ws).await.0, 1001);
+                std::time::Instant::now()
+            })
+        })
+        .collect();
+    let mut at = Vec::new();
+    for w in waits {
+        at.push(within("a 1001", w).await.unwrap());
+    }
+    let report = within("drain", stop).await.unwrap();
+    assert_eq!(report.drained, n);
+    at.sort();
+    at.iter().map(|t| t.duration_since(at[0]).as_millis()).collect()
+}
+
+/// Closes per 100 ms, for the record in BENCHMARKS.md (`--nocapture`).
+fn curve(times: &[u128]) -> Vec<usize> {
+    let mut buckets = vec![0; (times.last().copied().unwrap_or(0) / 100 + 1) as usize];
+    times.iter().for_each(|t| buckets[(*t / 100) as usize] += 1);
+    buckets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_drain_closes_over_at_least_80_percent_of_the_spread() {
+    let at_once = close_times(Duration::ZERO, 40).await;
+    let spread = close_times(Duration::from_secs(2), 40).await;
+    println!("closes per 100 ms, no spread: {:?}", curve(&at_once));
+    println!("closes per 100 ms, spread 2s: {:?}", curve(&spread));
+    let span = *spread.last().unwrap();
+    assert!(span >= 1600, "the 1001s spanned only {span} ms of a 2 s spread");
+    assert!(curve(&spread).iter().all(|&n| n <= 8), "a batch is small: {:?}", curve(&spread));
+}
