@@ -89,11 +89,18 @@ pub fn check(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-fn load_tls(config: &Config) -> Result<Option<TlsAcceptor>, TlsError> {
+fn load_tls(config: &Config) -> Result<Option<tls::Loaded>, TlsError> {
     if !config.tls.enabled {
         return Ok(None);
     }
-    Ok(Some(TlsAcceptor::from(tls::load(&config.tls.cert, &config.tls.key)?)))
+    tls::load(&config.tls.cert, &config.tls.key).map(Some)
+}
+
+/// The acceptor of a loaded certificate, its expiry shown in the metrics.
+fn acceptor(loaded: Option<tls::Loaded>, metrics: &Metrics) -> Option<TlsAcceptor> {
+    let loaded = loaded?;
+    metrics.tls_cert_not_after.set(loaded.not_after);
+    Some(TlsAcceptor::from(loaded.config))
 }
 
 /// A bound, not yet serving daemon.
@@ -117,7 +124,7 @@ impl Daemon {
     /// `config_path` is what SIGHUP re-reads (the `--config` argument).
     pub fn bind(config: Config, config_path: Option<PathBuf>, level: Option<LevelHandle>) -> Result<Self, StartError> {
         raise_open_file_limit(config.server.max_connections);
-        let acceptor = load_tls(&config)?;
+        let loaded = load_tls(&config)?;
         let listeners = bind_listeners(&config)?;
         let addrs =
             listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>().map_err(StartError::Inherited)?;
@@ -128,13 +135,15 @@ impl Daemon {
             .map(|&addr| admin::bind(addr).map_err(|err| StartError::AdminBind { addr, err }))
             .collect::<Result<Vec<_>, _>>()?;
         let admin_addrs = admin.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let metrics = Metrics::new();
+        let acceptor = acceptor(loaded, &metrics);
         let (live, live_rx) = watch::channel(Arc::new(Settings::new(&config, acceptor)));
         let ctx = Arc::new(Context {
             admission: Admission::new(config.server.ipv6_prefix),
             hub: Arc::new(Hub::new(live_rx.clone())),
             live: live_rx,
             shutdown: Shutdown::default(),
-            metrics: Metrics::new(),
+            metrics,
         });
         let capacity = Arc::new(Capacity::default());
         let token = admin::load_token(&config.admin.token_file)?;
@@ -241,8 +250,8 @@ impl Daemon {
         };
         let restart = self.config.carry_restart_keys(&mut new);
         // After carrying tls.enabled over: a reload never switches TLS on or off.
-        let acceptor = match load_tls(&new) {
-            Ok(a) => a,
+        let loaded = match load_tls(&new) {
+            Ok(l) => l,
             Err(e) => {
                 error!("reload failed, keeping the running configuration: {e}");
                 return false;
@@ -256,6 +265,7 @@ impl Daemon {
                 error!("log.level could not be applied: {e}");
             }
         }
+        let acceptor = acceptor(loaded, &self.ctx.metrics);
         self.live.send_replace(Arc::new(Settings::new(&new, acceptor)));
         self.config = new;
         info!("configuration reloaded");

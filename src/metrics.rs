@@ -61,6 +61,8 @@ pub struct Metrics {
     /// `wscast_slow_consumers_total`
     pub slow_consumers: Counter,
     reloads: Family<Outcome, Counter>,
+    /// `wscast_tls_cert_not_after_seconds`
+    pub tls_cert_not_after: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +95,12 @@ impl Metrics {
         registry.register("slow_consumers", "Clients cut off with 4001", slow_consumers.clone());
         let reloads = Family::<Outcome, Counter>::default();
         registry.register("reloads", "Configuration reloads, by result", reloads.clone());
+        let tls_cert_not_after = Gauge::default();
+        registry.register(
+            "tls_cert_not_after_seconds",
+            "Expiry of the served TLS certificate, Unix seconds (0 without TLS)",
+            tls_cert_not_after.clone(),
+        );
         let build_info = Family::<Version, Gauge>::default();
         registry.register("build_info", "The running version", build_info.clone());
         build_info.get_or_create(&Version { version: env!("CARGO_PKG_VERSION").into() }).set(1);
@@ -114,6 +122,7 @@ impl Metrics {
             disconnects,
             slow_consumers,
             reloads,
+            tls_cert_not_after,
         }
     }
 

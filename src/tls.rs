@@ -1,4 +1,5 @@
-//! TLS: PEM files -> a rustls `ServerConfig`, and the watch channel that lets SIGHUP swap it.
+//! TLS: PEM files -> a rustls `ServerConfig` and the leaf's expiry. A reload sends a new one
+//! through the live settings.
 //!
 //! Each new connection reads the current acceptor when its handshake starts; open connections
 //! keep the config they were made with, so a renewed certificate never drops anyone.
@@ -10,8 +11,6 @@ use rustls::crypto::ring;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 /// Why a certificate or key could not be used; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +43,27 @@ pub enum TlsError {
     },
 }
 
+/// A loaded certificate and key, ready for handshakes.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The rustls config.
+    pub config: Arc<ServerConfig>,
+    /// When the leaf certificate expires, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
 /// Reads the chain and key and builds a server config for TLS 1.2 and 1.3 with ALPN `http/1.1`.
-pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert { path: cert.into(), problem: pem_problem(e) })?;
     if chain.is_empty() {
         return Err(TlsError::Cert { path: cert.into(), problem: "no CERTIFICATE block found".into() });
     }
+    let not_after =
+        x509_parser::parse_x509_certificate(&chain[0]).map(|(_, leaf)| leaf.validity().not_after.timestamp()).map_err(
+            |e| TlsError::Cert { path: cert.into(), problem: format!("the leaf certificate does not parse: {e}") },
+        )?;
     let private_key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key { path: key.into(), problem: pem_problem(e) })?;
     let mismatch = |e: rustls::Error| TlsError::Mismatch { cert: cert.into(), key: key.into(), problem: e.to_string() };
@@ -63,7 +75,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, private_key)
         .map_err(mismatch)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Loaded { config: Arc::new(config), not_after })
 }
 
 fn pem_problem(e: rustls_pki_types::pem::Error) -> String {
@@ -74,6 +86,3 @@ fn pem_problem(e: rustls_pki_types::pem::Error) -> String {
         other => format!("not a valid PEM file ({other:?})"),
     }
 }
-
-/// The acceptor new handshakes use; `None` serves plain ws.
-pub type CurrentTls = watch::Receiver<Option<TlsAcceptor>>;

@@ -351,3 +351,38 @@ async fn a_spread_drain_closes_over_at_least_80_percent_of_the_spread() {
     assert!(span >= 1600, "the 1001s spanned only {span} ms of a 2 s spread");
     assert!(curve(&spread).iter().all(|&n| n <= 8), "a batch is small: {:?}", curve(&spread));
 }
+
+/// A self-signed certificate for localhost expiring on 1 January of `year`, written as PEM.
+fn cert_expiring(dir: &std::path::Path, year: i32) -> i64 {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    params.not_after.unix_timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_expiry_metric_follows_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = cert_expiring(dir.path(), 2031);
+    let path = dir.path().join("wscast.toml");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[tls]\nenabled = true\ncert = {:?}\nkey = {:?}\n\
+         [admin]\nlisten = [\"127.0.0.1:0\"]\n",
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem")
+    );
+    std::fs::write(&path, toml).unwrap();
+    let config = wscast::config::load(Some(&path)).unwrap();
+    let daemon = wscast::daemon::Daemon::bind(config, Some(path), None).unwrap();
+    let admin = daemon.admin_addrs()[0];
+    let d = run_bound(daemon).await;
+    let expiry = |m: &std::collections::HashMap<String, f64>| m["wscast_tls_cert_not_after_seconds"] as i64;
+    assert_eq!(expiry(&scrape(admin).await), first);
+    let second = cert_expiring(dir.path(), 2032);
+    d.reload().await;
+    assert_eq!(expiry(&scrape(admin).await), second, "a renewed certificate shows after the reload");
+    d.stop().await;
+}
