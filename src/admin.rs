@@ -57,7 +57,13 @@ pub struct AdminState {
     pub token: Option<String>,
     /// This node's name in API answers (the host name).
     pub node: String,
+    /// The public listener's URL, prefilled in the demo page (`ws://127.0.0.1:8888`).
+    pub public_url: String,
 }
+
+/// The demo page: self-contained (no CDN, no build step), a small chat against the public
+/// listener with gzip on or off.
+const DEMO_PAGE: &str = include_str!("admin_page/demo.html");
 
 /// Why the admin token cannot be used; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -148,10 +154,11 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byte
         return crate::api::handle(req, state).await;
     }
     match req.uri().path() {
+        "/" if get => demo(state),
         "/healthz" if get => text(StatusCode::OK, "ok"),
         "/readyz" if get => readiness(state),
         "/metrics" if get => metrics(state),
-        "/healthz" | "/readyz" | "/metrics" => method_not_allowed("GET, HEAD"),
+        "/" | "/healthz" | "/readyz" | "/metrics" => method_not_allowed("GET, HEAD"),
         other => error(StatusCode::NOT_FOUND, &format!("no admin route {other}; try /healthz, /readyz or /metrics")),
     }
 }
@@ -185,6 +192,21 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
     }
     text(StatusCode::OK, "ready")
+}
+
+fn demo(state: &AdminState) -> Response<Full<Bytes>> {
+    let page = DEMO_PAGE.replace("__WSCAST_URL__", &state.public_url);
+    let mut r = Response::new(Full::new(Bytes::from(page)));
+    let headers = r.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    // Its own inline script and style, WebSockets anywhere; nothing else is loaded.
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src ws: wss:",
+        ),
+    );
+    r
 }
 
 fn metrics(state: &AdminState) -> Response<Full<Bytes>> {

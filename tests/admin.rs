@@ -34,6 +34,10 @@ async fn health_readiness_and_errors() {
     assert!(healthz.starts_with("HTTP/1.1 200") && healthz.ends_with("ok\n"), "{healthz}");
     let readyz = http(admin, &get("/readyz")).await;
     assert!(readyz.starts_with("HTTP/1.1 200") && readyz.ends_with("ready\n"), "{readyz}");
+    let page = http(admin, &get("/")).await;
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("text/html"), "{}", &page[..200.min(page.len())]);
+    assert!(page.contains(&format!("value=\"ws://{}\"", d.addr)), "the demo page connects to the public listener");
+    assert!(page.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"));
     let missing = http(admin, &get("/nope")).await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     assert!(missing.contains("application/json") && missing.contains(r#"{"error":"no admin route /nope"#), "{missing}");

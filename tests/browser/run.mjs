@@ -50,6 +50,33 @@ async function exchange(base, texts) {
 }
 </script>`;
 
+// Two demo pages from the admin listener, one plain and one gzip: a message typed in one
+// appears in both, the gzip one inflated by the page.
+async function demoPage(browser, url) {
+  const join = async (key, gzip) => {
+    const page = await browser.newPage();
+    await page.goto(url);
+    await page.fill('#key', key);
+    if (gzip) await page.check('#gzip');
+    await page.click('#connect');
+    await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('connected'));
+    return page;
+  };
+  const plain = await join('demo-plain', false);
+  const gzip = await join('demo-gzip', true);
+  const text = 'typed in the demo page \u2713';
+  await plain.fill('#text', text);
+  await plain.click('#send');
+  const arrived = (page, kind) => page.waitForFunction(([t, k]) =>
+    [...document.querySelectorAll('#log li')].some((li) => li.textContent === t && li.className === k),
+    [text, kind], { timeout: 5000 }).then(() => true, () => false);
+  const ok = (await arrived(plain, 'text')) && (await arrived(gzip, 'gzip'));
+  if (process.env.SCREENSHOT) await gzip.screenshot({ path: process.env.SCREENSHOT });
+  console.log(`${ok ? 'ok' : 'FAILED'}: demo page at ${url}: a message typed in the plain page appeared in both` +
+    ` (as text, and as gzip inflated in the page)` + (process.env.SCREENSHOT ? `; screenshot ${process.env.SCREENSHOT}` : ''));
+  return ok;
+}
+
 const server = http.createServer((req, res) => {
   res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
   res.end(page_html);
@@ -81,6 +108,7 @@ try {
       failed = true;
     }
   }
+  if (process.env.DEMO_URL) failed = !(await demoPage(browser, process.env.DEMO_URL)) || failed;
 } finally {
   await browser.close();
   server.close();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The browser test: a real wscast (release build) on ws and on wss with a test CA that Chromium
-# trusts through its NSS database, and headless Chromium driven by playwright-core (run.mjs).
+# trusts through its NSS database, and headless Chromium driven by playwright-core (run.mjs);
+# then the admin listener's demo page, two pages chatting (one with gzip).
 # Needs: chromium, libnss3-tools (certutil), openssl, node and npm.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,9 +35,12 @@ certutil -d "sql:$HOME/.pki/nssdb" -A -t "C,," -n wscast-browser-ca -i "$WORK/ca
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WS_PORT=$(port)
 WSS_PORT=$(port)
+ADMIN_PORT=$(port)
 cat >"$WORK/ws.toml" <<EOT
 [server]
 listen = ["127.0.0.1:$WS_PORT"]
+[admin]
+listen = ["127.0.0.1:$ADMIN_PORT"]
 EOT
 cat >"$WORK/wss.toml" <<EOT
 [server]
@@ -50,8 +54,11 @@ EOT
 PIDS+=($!)
 "$BIN" --config "$WORK/wss.toml" 2>"$WORK/wss.log" &
 PIDS+=($!)
-for p in $WS_PORT $WSS_PORT; do
+for p in $WS_PORT $WSS_PORT $ADMIN_PORT; do
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.05; done
 done
 
-node run.mjs "ws://127.0.0.1:$WS_PORT" "wss://localhost:$WSS_PORT"
+# The demo page of the admin listener, in two pages; its screenshot lands in CI's log folder.
+mkdir -p "$ROOT/target/ci"
+DEMO_URL="http://127.0.0.1:$ADMIN_PORT/" SCREENSHOT="$ROOT/target/ci/demo-page.png" \
+    node run.mjs "ws://127.0.0.1:$WS_PORT" "wss://localhost:$WSS_PORT"
