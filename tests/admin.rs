@@ -390,3 +390,43 @@ async fn the_certificate_expiry_metric_follows_reloads() {
     assert_eq!(expiry(&scrape(admin).await), second, "a renewed certificate shows after the reload");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_burst_beside_a_fan_out_loses_and_reorders_nothing() {
+    use futures_util::StreamExt;
+    let (d, admin, _dir) = start_with_token().await;
+    let mut sender = join(&d, "sender", false).await;
+    let mut receiver = join(&d, "receiver", true).await;
+    // 1,000 API requests, 50 at a time.
+    let burst = tokio::spawn(async move {
+        futures_util::stream::iter(0..1000)
+            .map(|_| api(admin, "GET", "/v1/stats", ""))
+            .buffer_unordered(50)
+            .filter(|(code, _)| std::future::ready(*code == 200))
+            .count()
+            .await
+    });
+    // Meanwhile the API is a sender of its own, in order, beside a client sending.
+    let publisher = tokio::spawn(async move {
+        for i in 0..100 {
+            assert_eq!(api(admin, "POST", "/v1/publish", &format!("api {i}")).await.0, 202);
+        }
+    });
+    for i in 0..300 {
+        send(&mut sender, &format!("client {i}")).await;
+    }
+    let (mut from_client, mut from_api) = (Vec::new(), Vec::new());
+    while from_client.len() < 300 || from_api.len() < 100 {
+        let text = recv_as(&mut receiver, true).await;
+        match text.split_once(' ') {
+            Some(("client", n)) => from_client.push(n.parse::<u32>().unwrap()),
+            Some(("api", n)) => from_api.push(n.parse::<u32>().unwrap()),
+            _ => panic!("unexpected {text:?}"),
+        }
+    }
+    assert_eq!(from_client, (0..300).collect::<Vec<_>>(), "the client's messages, all, in order");
+    assert_eq!(from_api, (0..100).collect::<Vec<_>>(), "the API's messages, all, in order");
+    within("publisher", publisher).await.unwrap();
+    assert_eq!(within("burst", burst).await.unwrap(), 1000, "every request of the burst answered 200");
+    d.stop().await;
+}
