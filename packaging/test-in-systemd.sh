@@ -144,6 +144,14 @@ req = u.Request("http://127.0.0.1:9090/v1/stats", headers={"Authorization": "Bea
 print(json.load(u.urlopen(req, timeout=5))["nodes"][0]["clients"])' 2>&1 || true)
 [ "$stats" = 0 ] || die "admin API with the installed token: $stats"
 ok "admin API: the token made at install (root:wscast 0640) opens /v1/stats"
+prof=$(inside python3 -c '
+import urllib.request as u
+token = open("/etc/wscast/admin-token").read().strip()
+req = u.Request("http://127.0.0.1:9090/debug/pprof/profile?seconds=1", headers={"Authorization": "Bearer " + token})
+print(len(u.urlopen(req, timeout=10).read()))' 2>&1 || true)
+[[ "$prof" =~ ^[0-9]+$ ]] && [ "$prof" -gt 0 ] || die "CPU profile under the hardened unit: $prof"
+inside systemctl is-active --quiet wscast || die "the daemon did not survive profiling"
+ok "profiling: a 1 s CPU profile ($prof bytes of pprof protobuf) under the hardened unit"
 
 # 2. Traffic over ws, then over wss with the test CA.
 probe exchange ws://127.0.0.1:8888 >/dev/null || die "ws exchange"

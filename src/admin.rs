@@ -59,6 +59,8 @@ pub struct AdminState {
     pub node: String,
     /// The public listener's URL, prefilled in the demo page (`ws://127.0.0.1:8888`).
     pub public_url: String,
+    /// A CPU profile is being taken (one at a time).
+    pub profiling: AtomicBool,
 }
 
 /// The demo page: self-contained (no CDN, no build step), a small chat against the public

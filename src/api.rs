@@ -9,6 +9,7 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::admin::{error, json_response, method_not_allowed, AdminState};
@@ -37,6 +38,8 @@ pub async fn handle(req: Request<Incoming>, state: &AdminState) -> Answer {
         (Method::GET, ["v1", "stats"]) => stats(state),
         (_, ["v1", "stats"]) => method_not_allowed("GET"),
         (Method::GET, ["debug", "clients"]) => debug_clients(state),
+        (Method::GET, ["debug", "pprof", "profile"]) => profile(&req, state).await,
+        (_, ["debug", "pprof", "profile"]) => method_not_allowed("GET"),
         (_, ["debug", "clients"]) => method_not_allowed("GET"),
         _ => error(StatusCode::NOT_FOUND, &format!("no admin API route {}", req.uri().path())),
     }
@@ -129,6 +132,50 @@ fn debug_clients(state: &AdminState) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from(lines)));
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/x-ndjson"));
     r
+}
+
+/// The longest CPU profile one request may ask for.
+const MAX_PROFILE_SECONDS: u64 = 60;
+
+/// A CPU profile of `?seconds=N` (default 10, at most 60) in pprof's protobuf format, readable
+/// by `go tool pprof` and `pprof`; one at a time (409 while one is being taken).
+async fn profile(req: &Request<Incoming>, state: &AdminState) -> Answer {
+    let mut seconds = 10;
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        if let Some(value) = pair.strip_prefix("seconds=") {
+            match value.parse() {
+                Ok(n) if (1..=MAX_PROFILE_SECONDS).contains(&n) => seconds = n,
+                _ => {
+                    let reason = format!("seconds must be 1 to {MAX_PROFILE_SECONDS}, not {value:?}");
+                    return error(StatusCode::BAD_REQUEST, &reason);
+                }
+            }
+        }
+    }
+    if state.profiling.swap(true, Ordering::AcqRel) {
+        return error(StatusCode::CONFLICT, "a profile is already being taken; try again when it is done");
+    }
+    let taken = take_profile(seconds).await;
+    state.profiling.store(false, Ordering::Release);
+    match taken {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/octet-stream"));
+            r
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the profile could not be taken: {e}")),
+    }
+}
+
+async fn take_profile(seconds: u64) -> Result<Vec<u8>, pprof::Error> {
+    // 99 Hz, as Go's profiler: enough samples in seconds, negligible cost.
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(99)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()?;
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    let profile = guard.report().build()?.pprof()?;
+    Ok(prost::Message::encode_to_vec(&profile))
 }
 
 fn stats(state: &AdminState) -> Answer {

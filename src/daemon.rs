@@ -150,7 +150,14 @@ impl Daemon {
         let scheme = if config.tls.enabled { "wss" } else { "ws" };
         let public_url = addrs.first().map(|a| format!("{scheme}://{a}")).unwrap_or_default();
         let node = admin::node_name();
-        let admin_state = Arc::new(AdminState { health: Health::default(), ctx: ctx.clone(), token, node, public_url });
+        let admin_state = Arc::new(AdminState {
+            health: Health::default(),
+            ctx: ctx.clone(),
+            token,
+            node,
+            public_url,
+            profiling: Default::default(),
+        });
         Ok(Self { config, config_path, listeners, addrs, ctx, live, admin, admin_addrs, admin_state, capacity, level })
     }
 

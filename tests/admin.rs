@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use wscast::signals::Event;
 
 fn get(path: &str) -> String {
@@ -428,5 +429,49 @@ async fn an_api_burst_beside_a_fan_out_loses_and_reorders_nothing() {
     assert_eq!(from_api, (0..100).collect::<Vec<_>>(), "the API's messages, all, in order");
     within("publisher", publisher).await.unwrap();
     assert_eq!(within("burst", burst).await.unwrap(), 1000, "every request of the burst answered 200");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_profile_taken_during_a_fan_out_names_the_fan_out() {
+    let (d, admin, _dir) = start_with_token().await;
+    let mut sender = join(&d, "sender", false).await;
+    let mut readers = Vec::new();
+    for i in 0..50 {
+        let mut ws = join(&d, &format!("r{i}"), i % 2 == 0).await;
+        readers.push(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }));
+    }
+    let profile = tokio::spawn(async move {
+        let request = format!("GET /debug/pprof/profile?seconds=2 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        within("the profile", tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut raw)).await.unwrap();
+        raw
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One at a time.
+    assert_eq!(api(admin, "GET", "/debug/pprof/profile?seconds=1", "").await.0, 409);
+    assert_eq!(api(admin, "GET", "/debug/pprof/profile?seconds=600", "").await.0, 400);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2300) {
+        for _ in 0..50 {
+            send(&mut sender, "profiled fan-out message").await;
+        }
+        tokio::task::yield_now().await;
+    }
+    let raw = within("profile task", profile).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw[..split]));
+    let decoded: pprof::protos::Profile = prost::Message::decode(&raw[split + 4..]).expect("a pprof protobuf");
+    assert!(!decoded.sample.is_empty(), "samples were taken");
+    // The data path of a broadcast: the reader that publishes, the hub, the fan-out, the writer.
+    let path = ["wscast::connection::read_loop", "wscast::hub", "wscast::fanout", "wscast::frame", "wscast::writer"];
+    let named = decoded.string_table.iter().any(|s| path.iter().any(|p| s.starts_with(p)));
+    let wscast: Vec<_> = decoded.string_table.iter().filter(|s| s.starts_with("wscast")).take(40).collect();
+    assert!(named, "the profile names the fan-out ({} strings): {wscast:?}", decoded.string_table.len());
+    for r in readers {
+        r.abort();
+    }
     d.stop().await;
 }
