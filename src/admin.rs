@@ -212,6 +212,8 @@ fn demo(state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+    // Derived at scrape time from the hub's own count, rather than counted twice.
+    state.ctx.metrics.gzip_connections.set(state.ctx.hub.gzip_len() as i64);
     let mut r = Response::new(Full::new(Bytes::from(state.ctx.metrics.render())));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));

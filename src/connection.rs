@@ -93,7 +93,7 @@ where
     let _slot = upgraded.admitted;
     let _client = ctx.shutdown.client();
     ctx.metrics.accepted.inc();
-    let _counted = Counted::new(&ctx.metrics, settings.tls.is_some(), upgraded.params.gzip);
+    let _counted = Counted::new(&ctx.metrics, settings.tls.is_some());
     tracing::Span::current().record("key", &*upgraded.params.key);
     let info = ClientInfo {
         peer,
@@ -160,29 +160,22 @@ where
     }
 }
 
-/// A connection's place in the connection gauges, given back on drop.
+/// A connection's place in the connection gauge, given back on drop.
 struct Counted<'a> {
     metrics: &'a Metrics,
     tls: bool,
-    gzip: bool,
 }
 
 impl<'a> Counted<'a> {
-    fn new(metrics: &'a Metrics, tls: bool, gzip: bool) -> Self {
+    fn new(metrics: &'a Metrics, tls: bool) -> Self {
         metrics.connections(tls).inc();
-        if gzip {
-            metrics.gzip_connections.inc();
-        }
-        Self { metrics, tls, gzip }
+        Self { metrics, tls }
     }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.metrics.connections(self.tls).dec();
-        if self.gzip {
-            self.metrics.gzip_connections.dec();
-        }
     }
 }
 

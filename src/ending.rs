@@ -81,6 +81,15 @@ impl Code {
 /// The longest close reason: a Close payload is at most 125 bytes, 2 of them the code.
 pub const MAX_REASON: usize = 123;
 
+/// `reason` cut at a character boundary to the [`MAX_REASON`] bytes a Close frame can hold.
+pub fn fit_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// How a connection ends; the first reason set wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -105,13 +114,8 @@ impl Ending {
 
     /// A Close with a reason of its own, cut at a character boundary to fit a Close frame.
     pub fn close_because(code: Code, reason: impl std::fmt::Display) -> Self {
-        let mut reason = reason.to_string();
-        let mut end = reason.len().min(MAX_REASON);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-        Ending::Close { code, reason: Cow::Owned(reason) }
+        let reason = reason.to_string();
+        Ending::Close { code, reason: Cow::Owned(fit_reason(&reason).to_string()) }
     }
 
     /// The close code, when this ending sends one.

@@ -9,16 +9,14 @@
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
-
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::ending::Code;
+use crate::ending::{fit_reason, Code};
 use crate::gzip;
 
 /// Text frame opcode.
@@ -57,14 +55,13 @@ pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
 /// A Close frame with `code` and `reason` (cut to the bytes a close reason may hold, at a
 /// character boundary).
 pub fn close(code: Code, reason: &str) -> Bytes {
-    let mut end = reason.len().min(crate::ending::MAX_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
     let mut payload = code.as_u16().to_be_bytes().to_vec();
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    payload.extend_from_slice(fit_reason(reason).as_bytes());
     encode(CLOSE, &payload)
 }
+
+/// An empty Ping, the daemon's heartbeat.
+pub const PING_FRAME: [u8; 2] = [0x80 | PING, 0];
 
 /// One broadcast message as it goes on the wire, in both encodings: a Text frame, and a Binary
 /// frame of its gzip form. Each is encoded once, whatever the number of recipients; the gzip

@@ -47,7 +47,7 @@ struct Version {
 pub struct Metrics {
     registry: Registry,
     connections: [Gauge; 2],
-    /// `wscast_gzip_connections`
+    /// `wscast_gzip_connections`, set from the hub at each scrape.
     pub gzip_connections: Gauge,
     /// `wscast_connections_accepted_total`
     pub accepted: Counter,

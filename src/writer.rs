@@ -123,7 +123,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
             };
             match woken {
                 Wake::Replies => self.outbox.push_control(&self.replies.take()),
-                Wake::Ping => self.outbox.push_control(&frame::encode(frame::PING, b"")),
+                Wake::Ping => self.outbox.push_control(&frame::PING_FRAME),
                 Wake::Broadcasts => {}
             }
             // A blocked write must not keep a slow client from being cut off; the outbox keeps
@@ -235,28 +235,33 @@ mod tests {
     const A: &str = "first message, long enough to be cut by the pipe";
     const B: &str = "second message";
 
-    #[tokio::test]
-    async fn an_ending_mid_batch_loses_and_doubles_nothing() {
-        // A pipe that holds 16 bytes: the batch is cut mid-frame.
+    /// Runs a writer of A and B into a pipe of 16 bytes that nobody reads for 50 ms, ends the
+    /// connection with `ending` after 20 ms (mid-frame), and returns whether a Close went out,
+    /// whether it left the registry, and the frames the client got.
+    async fn ended_mid_batch(ending: Ending) -> (bool, bool, Vec<(u8, Vec<u8>)>) {
         let (client, mut server) = tokio::io::duplex(16);
         let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
         let metrics = Metrics::new();
         let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
         let reader = tokio::spawn(async move {
-            // Let the writer fill the pipe and block before anything is read.
             tokio::time::sleep(Duration::from_millis(50)).await;
             read_all(client).await
         });
-        let ended = async {
+        let end = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            control.end(Ending::close(Code::Replaced));
+            control.end(ending);
         };
         let mut left = false;
-        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || left = true), ended);
-        assert!(sent && left);
+        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || left = true), end);
         drop(writer);
         drop(server);
-        let frames = reader.await.unwrap();
+        (sent, left, reader.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_ending_mid_batch_loses_and_doubles_nothing() {
+        let (sent, left, frames) = ended_mid_batch(Ending::close(Code::Replaced)).await;
+        assert!(sent && left);
         let expected = [(1, A.as_bytes().to_vec()), (1, B.as_bytes().to_vec()), (8, close_payload(Code::Replaced))];
         assert_eq!(frames, expected);
     }
@@ -285,23 +290,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_4001_path_finishes_the_frame_under_way_and_sends_nothing_else() {
-        let (client, mut server) = tokio::io::duplex(16);
-        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
-        let metrics = Metrics::new();
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
-        let reader = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            read_all(client).await
-        });
-        let cut = async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            control.end(Ending::close(Code::TooSlow));
-        };
-        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || {}), cut);
+        let (sent, _, frames) = ended_mid_batch(Ending::close(Code::TooSlow)).await;
         assert!(sent);
-        drop(writer);
-        drop(server);
-        let frames = reader.await.unwrap();
         assert_eq!(frames, [(1, A.as_bytes().to_vec()), (8, close_payload(Code::TooSlow))]);
     }
 
