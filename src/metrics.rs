@@ -84,7 +84,7 @@ impl Metrics {
         let rejected = Family::<Reason, Counter>::default();
         registry.register("handshakes_rejected", "Handshakes answered without an upgrade, by reason", rejected.clone());
         let messages_received = Counter::default();
-        registry.register("messages_received", "Messages accepted from clients", messages_received.clone());
+        registry.register("messages_received", "Messages accepted for broadcast", messages_received.clone());
         let frames = Family::<Kind, Counter>::default();
         registry.register("frames_sent", "Broadcast frames written to clients, by kind", frames.clone());
         let bytes_sent = Counter::default();
