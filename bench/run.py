@@ -15,6 +15,7 @@ RUNS = int(os.environ.get("RUNS", "3"))
 QUICK = os.environ.get("QUICK") == "1"
 CORES = os.cpu_count() or 1
 FAILED = []  # bench commands that errored (a broken tool fails the run; a slow server never does)
+ADMIN_PORT = 9091
 SERVER_CPU, BENCH_CPU = ("0", "1") if CORES > 1 else ("0", "0")
 
 
@@ -30,7 +31,7 @@ def wait_port(port, timeout=10):
 
 
 class Server:
-    def __init__(self, kind, tmp, tls=False):
+    def __init__(self, kind, tmp, tls=False, admin=False):
         self.kind, self.port = kind, 8890 if kind == "baseline" else 8888
         if kind == "baseline":
             cmd = [f"{BIN}/wscast-bench", "baseline", "--listen", f"127.0.0.1:{self.port}"]
@@ -38,6 +39,11 @@ class Server:
             cfg = os.path.join(tmp, "bench.toml")
             with open(cfg, "w") as f:
                 f.write(f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n[log]\nlevel = "warn"\n')
+                if admin:
+                    token = os.path.join(tmp, "admin-token")
+                    with open(os.open(token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as t:
+                        t.write("bench-token\n")
+                    f.write(f'[admin]\nlisten = ["127.0.0.1:{ADMIN_PORT}"]\ntoken_file = "{token}"\n')
                 if tls:
                     f.write(f'[tls]\nenabled = true\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n')
             cmd = [f"{BIN}/wscast", "--config", cfg]
@@ -78,15 +84,16 @@ def certs(tmp):
         "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", f"{tmp}/cert.pem")
 
 
-def figure(rows, name, kind, tls, key, unit, *args):
+def figure(rows, name, kind, tls, key, unit, *args, admin=False):
     values = []
     for _ in range(RUNS):
         with tempfile.TemporaryDirectory() as tmp:
             if tls:
                 certs(tmp)
-            s = Server(kind, tmp, tls)
+            s = Server(kind, tmp, tls, admin)
             try:
-                r = bench(s, tmp, *args)
+                extra = ["--admin", f"127.0.0.1:{ADMIN_PORT}", "--token-file", f"{tmp}/admin-token"] if admin else []
+                r = bench(s, tmp, *args, *extra)
             finally:
                 s.stop()
         if key in r:
@@ -121,6 +128,8 @@ def main():
     for kind in ("wscast", "baseline"):
         figure(rows, "connects/s (plain)", kind, False, "connections/s", "conn/s",
                "connect", "--duration", secs)
+    figure(rows, f"admin API: POST /v1/publish into {fan_n} clients (half gzip), 4 keep-alive connections, 64 B",
+           "wscast", False, "publishes/s", "publishes/s", "publish", "--clients", fan_n, "--duration", secs, admin=True)
     figure(rows, "connects/s (TLS)", "wscast", True, "connections/s", "conn/s", "connect", "--duration", secs)
 
     stuck_secs = "3" if QUICK else "30"

@@ -198,7 +198,11 @@ async fn text_body(req: Request<Incoming>, state: &AdminState) -> Result<Utf8Byt
     let max = state.ctx.live.borrow().max_message_size;
     if let Some(kind) = req.headers().get(CONTENT_TYPE) {
         if !kind.to_str().is_ok_and(|k| k.trim_start().to_ascii_lowercase().starts_with("text/plain")) {
-            return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be text/plain (UTF-8)"));
+            let kind = String::from_utf8_lossy(kind.as_bytes());
+            // curl's --data-binary sends a form type unless told otherwise: say how to fix it.
+            let why =
+                format!("the body must be text/plain (UTF-8), not {kind}; with curl: -H 'Content-Type: text/plain'");
+            return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &why));
         }
     }
     let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the message is over {max} bytes"));

@@ -5,6 +5,7 @@
 
 mod baseline;
 mod client;
+mod publish;
 mod sys;
 
 use std::io::Read;
@@ -92,6 +93,29 @@ enum Mode {
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
     },
+    /// POST /v1/publish over keep-alive connections of the admin API into N reading clients.
+    Publish {
+        #[command(flatten)]
+        server: Server,
+        /// The admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// A file holding the admin token.
+        #[arg(long)]
+        token_file: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 0.5)]
+        gzip: f64,
+        /// Keep-alive connections, one request in flight on each.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Text message size in bytes (at least 28).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
     /// Run the baseline server (naive tokio-tungstenite broadcast) until killed.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8890")]
@@ -120,6 +144,12 @@ fn main() {
             Mode::Fanout { server, clients, gzip, senders, rate, window, size, duration, stuck } => {
                 let load = Load { n: clients, gzip, senders, rate, window, size: size.max(28), stuck };
                 fanout(&server, load, secs(duration)).await
+            }
+            Mode::Publish { server, admin, token_file, clients, gzip, connections, size, duration } => {
+                let token = std::fs::read_to_string(&token_file).map_err(|e| format!("{token_file}: {e}"))?;
+                let token = token.trim_end().to_string();
+                let load = publish::Publish { admin, token, clients, gzip, connections, size: size.max(28) };
+                publish::run(&server, load, secs(duration)).await
             }
             Mode::Idle { server, clients, duration } => idle(&server, clients, secs(duration)).await,
             Mode::Connect { server, concurrency, duration } => connect(&server, concurrency, secs(duration)).await,

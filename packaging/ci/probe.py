@@ -6,8 +6,10 @@ send URL TEXT [--ca CA]          one client sends TEXT and waits for its own cop
 hold URL --out FILE [--ca CA]    keeps a connection open, appending OPEN / MSG text / CLOSE code reason
 cert HOST PORT --ca CA           prints the sha256 of the certificate the server shows
 loop URL SECONDS                 connects and disconnects in a loop; prints attempts, refused, failed
+profile URL ADMIN SECONDS        a CPU profile over the admin API during a fan-out to 50 clients;
+                                 prints the wscast functions of the data path it names
 """
-import argparse, asyncio, gzip, hashlib, socket, ssl, sys, time
+import argparse, asyncio, gzip, hashlib, socket, ssl, sys, time, urllib.request
 import websockets
 
 TIMEOUT = 10
@@ -90,6 +92,44 @@ async def loop(a):
     print(f"attempts {attempts} refused {refused} failed {failed}")
 
 
+async def drain(ws):
+    try:
+        async for _ in ws:
+            pass
+    except websockets.ConnectionClosed:
+        pass
+
+
+def fetch_profile(admin, seconds):
+    token = open("/etc/wscast/admin-token").read().strip()
+    req = urllib.request.Request(f"http://{admin}/debug/pprof/profile?seconds={seconds}",
+                                 headers={"Authorization": "Bearer " + token})
+    return urllib.request.urlopen(req, timeout=seconds + 30).read()
+
+
+async def profile(a):
+    readers = [await connect(a.url, f"profiled{i}", i % 2 == 0, None) for i in range(50)]
+    tasks = [asyncio.ensure_future(drain(ws)) for ws in readers]
+    sender = readers[1]
+    fetched = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, fetch_profile, a.admin, a.seconds))
+    sent = 0
+    while not fetched.done():
+        await sender.send("a message of a profiled fan-out " + str(sent))
+        sent += 1
+        if sent % 20 == 0:
+            await asyncio.sleep(0.001)
+    data = await fetched
+    for ws in readers:
+        await ws.close()
+    for t in tasks:
+        t.cancel()
+    # The profile is a protobuf whose string table holds the function names as plain bytes.
+    path = [b"wscast::hub", b"wscast::fanout", b"wscast::frame", b"wscast::writer", b"wscast::connection::read_loop"]
+    named = sorted({p.decode() for p in path if p in data})
+    assert named, f"a {len(data)}-byte profile during {sent} messages names none of {path}"
+    print(f"OK profile {len(data)} bytes during {sent} messages names {' '.join(named)}")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -108,11 +148,15 @@ def main():
     s = sub.add_parser("loop")
     s.add_argument("url")
     s.add_argument("seconds", type=float)
+    s = sub.add_parser("profile")
+    s.add_argument("url")
+    s.add_argument("admin")
+    s.add_argument("seconds", type=int)
     a = p.parse_args()
     if a.cmd == "cert":
         cert(a)
     else:
-        asyncio.run({"exchange": exchange, "send": send, "hold": hold, "loop": loop}[a.cmd](a))
+        asyncio.run({"exchange": exchange, "send": send, "hold": hold, "loop": loop, "profile": profile}[a.cmd](a))
 
 
 if __name__ == "__main__":
