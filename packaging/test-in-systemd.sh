@@ -20,7 +20,7 @@ DBGSYM=${DEB%.deb}-dbgsym.ddeb
 [ -f "$DBGSYM" ] || DBGSYM=$(dirname "$DEB")/$(basename "$DEB" | sed 's/^wscast_/wscast-dbgsym_/; s/\.deb$/.ddeb/')
 [ -f "$DBGSYM" ] || { echo "missing the debug symbols of $DEB ($DBGSYM): packaging/build-deb.sh makes them" >&2; exit 1; }
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,procps,iproute2,ca-certificates,python3-websockets
+PACKAGES=systemd,systemd-sysv,dbus,procps,iproute2,ca-certificates,python3-websockets,redis-server
 CACHE=/var/cache/wscast-ci
 KEY=$(printf '%s|%s|1' "$SUITE" "$PACKAGES" | sha256sum | cut -c1-12)
 TARBALL=$CACHE/rootfs-$SUITE-$KEY.tar.zst
@@ -168,6 +168,34 @@ inside systemctl restart wscast || die "restart with tls"
 LOG_START_MINUTE=$(date +%M)
 probe exchange wss://127.0.0.1:8888 --ca /mnt/in/ca.pem >/dev/null || die "wss exchange"
 ok "two clients (one gzip) exchanged a broadcast over ws and over wss"
+
+# 2b. The hardened unit reaches Redis (Debian's redis-server, running in the container) over TCP
+# and over its unix socket: /readyz says "cluster: connected" only when the link works both ways.
+readyz() { inside python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9090/readyz", timeout=5).read().decode())' 2>&1 || true; }
+use_redis() {
+    inside sed -i -e "s|^redis = .*|redis = \"$1\"|" /etc/wscast/wscast.toml
+    inside systemctl restart wscast || die "restart with cluster.redis = $1"
+}
+connected() {
+    local r=""
+    for _ in $(seq 100); do
+        r=$(readyz)
+        [[ "$r" == *"cluster: connected"* ]] && return 0
+        sleep 0.1
+    done
+    die "cluster through $1 under the hardened unit: /readyz says: $r"
+}
+inside systemctl is-active --quiet redis-server || die "redis-server is not running in the container"
+use_redis "redis://127.0.0.1:6379/"
+connected "redis://127.0.0.1:6379/"
+# The socket's mode decides who may connect; under PrivateUsers= only the mode for others counts.
+inside sh -c 'printf "unixsocket /run/redis/redis-server.sock\nunixsocketperm 777\n" >> /etc/redis/redis.conf'
+inside systemctl restart redis-server || die "redis-server with a unix socket"
+use_redis "redis+unix:///run/redis/redis-server.sock"
+connected "redis+unix:///run/redis/redis-server.sock"
+probe exchange wss://127.0.0.1:8888 --ca /mnt/in/ca.pem >/dev/null || die "wss exchange as a cluster node"
+use_redis ""
+ok "cluster: the hardened unit reached Redis over TCP and over /run/redis/redis-server.sock"
 
 # 3. Reload with a renewed certificate keeps an open connection; a broken config fails the reload.
 inside sh -c 'python3 /mnt/in/probe.py hold wss://127.0.0.1:8888 --ca /mnt/in/ca.pem --out /run/hold.log >/dev/null 2>&1 &'

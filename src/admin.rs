@@ -193,7 +193,14 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
     if !state.health.ready.load(Ordering::Acquire) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting");
     }
-    text(StatusCode::OK, "ready")
+    // Still ready without Redis (local clients are served); the body says so.
+    match state.ctx.hub.link() {
+        Some(_) if state.ctx.metrics.broker.up.get() == 0 => {
+            text(StatusCode::OK, "ready\ncluster: Redis unreachable, serving local clients only")
+        }
+        Some(_) => text(StatusCode::OK, "ready\ncluster: connected"),
+        None => text(StatusCode::OK, "ready"),
+    }
 }
 
 fn demo(state: &AdminState) -> Response<Full<Bytes>> {
@@ -214,6 +221,10 @@ fn demo(state: &AdminState) -> Response<Full<Bytes>> {
 fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     // Derived at scrape time from the hub's own count, rather than counted twice.
     state.ctx.metrics.gzip_connections.set(state.ctx.hub.gzip_len() as i64);
+    if let Some(link) = state.ctx.hub.link() {
+        state.ctx.metrics.broker.outbox.set(link.outbox.len() as i64);
+        state.ctx.metrics.broker.nodes.set(link.nodes.live().len().max(1) as i64);
+    }
     let mut r = Response::new(Full::new(Bytes::from(state.ctx.metrics.render())));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));

@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::admin::{error, json_response, method_not_allowed, AdminState};
+use crate::cluster::NodeStats;
 use crate::ending::Code;
+use crate::hub::Location;
 
 type Answer = Response<Full<Bytes>>;
 
@@ -32,8 +34,8 @@ pub async fn handle(req: Request<Incoming>, state: &AdminState) -> Answer {
             send(req, state, &key).await
         }
         (_, ["v1", "clients", _, "send"]) => method_not_allowed("POST"),
-        (Method::GET, ["v1", "clients", key]) => client(state, key),
-        (Method::DELETE, ["v1", "clients", key]) => kick(&req, state, key),
+        (Method::GET, ["v1", "clients", key]) => client(state, key).await,
+        (Method::DELETE, ["v1", "clients", key]) => kick(&req, state, key).await,
         (_, ["v1", "clients", _]) => method_not_allowed("GET, DELETE"),
         (Method::GET, ["v1", "stats"]) => stats(state),
         (_, ["v1", "stats"]) => method_not_allowed("GET"),
@@ -71,16 +73,33 @@ async fn send(req: Request<Incoming>, state: &AdminState, key: &str) -> Answer {
         Ok(t) => t,
         Err(answer) => return answer,
     };
-    if state.ctx.hub.send_to(key, text) {
-        json_response(StatusCode::ACCEPTED, json!({ "key": key }))
-    } else {
-        error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"))
+    let hub = &state.ctx.hub;
+    if hub.send_to(key, text.clone()) {
+        return json_response(StatusCode::ACCEPTED, json!({ "key": key, "node": state.node }));
+    }
+    match hub.locate(key).await {
+        Location::Node(node) => {
+            hub.send_elsewhere(key, &text);
+            json_response(StatusCode::ACCEPTED, json!({ "key": key, "node": node }))
+        }
+        // Connected here after all (it joined meanwhile): deliver it here.
+        Location::Here(_) if hub.send_to(key, text) => {
+            json_response(StatusCode::ACCEPTED, json!({ "key": key, "node": state.node }))
+        }
+        _ => not_connected(key),
     }
 }
 
-fn client(state: &AdminState, key: &str) -> Answer {
-    let Some(info) = state.ctx.hub.client(key) else {
-        return error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"));
+fn not_connected(key: &str) -> Answer {
+    error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"))
+}
+
+async fn client(state: &AdminState, key: &str) -> Answer {
+    let info = match state.ctx.hub.locate(key).await {
+        Location::Here(info) => info,
+        // Another node's details stay there: which node it is, is what this one knows.
+        Location::Node(node) => return json_response(StatusCode::OK, json!({ "key": key, "node": node })),
+        Location::Nowhere => return not_connected(key),
     };
     json_response(
         StatusCode::OK,
@@ -95,7 +114,7 @@ fn client(state: &AdminState, key: &str) -> Answer {
     )
 }
 
-fn kick(req: &Request<Incoming>, state: &AdminState, key: &str) -> Answer {
+async fn kick(req: &Request<Incoming>, state: &AdminState, key: &str) -> Answer {
     let (mut code, mut reason) = (Code::Kicked, None);
     for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -112,10 +131,19 @@ fn kick(req: &Request<Incoming>, state: &AdminState, key: &str) -> Answer {
         }
     }
     let reason = reason.unwrap_or_else(|| Code::Kicked.reason().to_string());
-    if state.ctx.hub.kick(key, code, &reason) {
-        json_response(StatusCode::ACCEPTED, json!({ "key": key, "code": code.as_u16() }))
-    } else {
-        error(StatusCode::NOT_FOUND, &format!("no client with key {key:?} is connected"))
+    let hub = &state.ctx.hub;
+    if hub.kick(key, code, &reason) {
+        return json_response(StatusCode::ACCEPTED, json!({ "key": key, "code": code.as_u16(), "node": state.node }));
+    }
+    match hub.locate(key).await {
+        Location::Node(node) => {
+            hub.kick_elsewhere(key, code, &reason);
+            json_response(StatusCode::ACCEPTED, json!({ "key": key, "code": code.as_u16(), "node": node }))
+        }
+        Location::Here(_) if hub.kick(key, code, &reason) => {
+            json_response(StatusCode::ACCEPTED, json!({ "key": key, "code": code.as_u16(), "node": state.node }))
+        }
+        _ => not_connected(key),
     }
 }
 
@@ -181,15 +209,21 @@ async fn take_profile(seconds: u64) -> Result<Vec<u8>, pprof::Error> {
 fn stats(state: &AdminState) -> Answer {
     let hub = &state.ctx.hub;
     let m = &state.ctx.metrics;
-    let node = json!({
-        "node": state.node,
-        "clients": hub.len(),
-        "gzip_clients": hub.gzip_len(),
-        "connections_accepted": m.accepted.get(),
-        "messages_received": m.messages_received.get(),
-        "draining": state.ctx.shutdown.is_draining(),
-    });
-    json_response(StatusCode::OK, json!({ "nodes": [node] }))
+    let here = NodeStats {
+        node: state.node.clone(),
+        clients: hub.len() as u64,
+        gzip_clients: hub.gzip_len() as u64,
+        connections_accepted: m.accepted.get(),
+        messages_received: m.messages_received.get(),
+        draining: state.ctx.shutdown.is_draining(),
+        subscribed: m.broker.up.get() == 1,
+    };
+    // This node as it is now; the others as their last heartbeat said.
+    let mut nodes = vec![here];
+    if let Some(link) = hub.link() {
+        nodes.extend(link.nodes.live().into_iter().filter(|(id, _)| *id != link.node).map(|(_, s)| s));
+    }
+    json_response(StatusCode::OK, json!({ "nodes": nodes }))
 }
 
 /// The body as text: `text/plain` (or no type), UTF-8, at most `websocket.max_message_size`.

@@ -40,6 +40,100 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// The admin listener.
     pub admin: Admin,
+    /// Several nodes as one, through Redis.
+    pub cluster: Cluster,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://`, `rediss://` or `redis+unix://` URL of the broker; empty means a single node.
+    pub redis: String,
+    /// Nodes with the same name (and Redis) form one cluster: it names their Redis keys and
+    /// channels (`wscast:{name}:...`).
+    pub name: String,
+    /// Cross-node messages held while Redis is unreachable; beyond it the oldest are dropped.
+    pub outbox: usize,
+    /// How often a node says it is alive; three missed make it count as gone.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self { redis: String::new(), name: "wscast".into(), outbox: 10_000, heartbeat: Duration::from_secs(1) }
+    }
+}
+
+impl Cluster {
+    /// True when a broker is configured.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled() {
+            let scheme = self.redis.split_once("://").map(|(s, _)| s).unwrap_or("");
+            if !["redis", "rediss", "redis+unix", "unix"].contains(&scheme) {
+                return Err(ConfigError::invalid(
+                    "cluster.redis",
+                    format!("{:?}", redact(&self.redis)),
+                    "must be a redis://, rediss:// or redis+unix:// URL",
+                ));
+            }
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.as_str()) {
+                return Err(ConfigError::invalid(
+                    "cluster.redis",
+                    format!("{:?}", redact(&self.redis)),
+                    one_line(&e.to_string()),
+                ));
+            }
+        }
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            return Err(ConfigError::invalid(
+                "cluster.name",
+                format!("{:?}", self.name),
+                "must be 1-64 of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if self.outbox == 0 || self.outbox > 10_000_000 {
+            return Err(ConfigError::invalid("cluster.outbox", self.outbox, "must be 1 to 10000000"));
+        }
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "cluster.heartbeat",
+                format!("\"{}\"", humantime::format_duration(self.heartbeat)),
+                "must be 100ms to 60s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A Redis URL without its password (`user:pass@` or `?pass=`), for messages and logs.
+pub fn redact(url: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => base.to_string(),
+        },
+        None => base.to_string(),
+    };
+    match query {
+        Some(q) => {
+            let hidden: Vec<String> = q
+                .split('&')
+                .map(|p| if p.starts_with("pass=") { "pass=***".to_string() } else { p.to_string() })
+                .collect();
+            format!("{base}?{}", hidden.join("&"))
+        }
+        None => base,
+    }
 }
 
 /// `[admin]`
@@ -369,6 +463,7 @@ impl Config {
         }
         self.websocket.validate()?;
         self.log.validate()?;
+        self.cluster.validate()?;
         nonzero("shutdown.drain_timeout", self.shutdown.drain_timeout)?;
         let (spread, drain) = (self.shutdown.spread, self.shutdown.drain_timeout);
         if spread >= drain {
@@ -495,6 +590,10 @@ impl Config {
             server.listen,
             admin.listen,
             admin.token_file,
+            cluster.redis,
+            cluster.name,
+            cluster.outbox,
+            cluster.heartbeat,
             server.ipv6_prefix,
             tls.enabled,
             log.target,
@@ -605,6 +704,10 @@ mod tests {
             ("[log]\nlevel = \"wscast=loud\"\n", &[], &["log.level", "wscast=loud"]),
             ("", &[("WSCAST_SHUTDOWN__DRAIN_TIMEOUT", "forever")], &["shutdown.drain_timeout", "forever", "WSCAST_"]),
             ("[server\n", &[], &["config file", "wscast.toml"]),
+            ("[cluster]\nredis = \"http://r:1\"\n", &[], &["cluster.redis", "http://r:1", "redis://"]),
+            ("[cluster]\nredis = \"redis://u:secret@r:99999/\"\n", &[], &["cluster.redis", "***@r:99999"]),
+            ("[cluster]\nname = \"a b\"\n", &[], &["cluster.name = \"a b\"", "A-Z"]),
+            ("[cluster]\noutbox = 0\n", &[], &["cluster.outbox = 0", "1 to"]),
         ];
         for (toml, env, needles) in cases {
             let err = load_in_jail(toml, env).expect_err(toml);
@@ -613,6 +716,18 @@ mod tests {
                 assert!(err.contains(n), "{toml:?}: {err:?} should contain {n:?}");
             }
         }
+    }
+
+    #[test]
+    fn redis_passwords_never_reach_an_error_or_a_log() {
+        for url in ["redis://u:secret@r:99999/", "redis+unix:///run/r.sock?db=1&pass=secret&x"] {
+            assert!(!redact(url).contains("secret"), "{}", redact(url));
+        }
+        assert_eq!(redact("redis+unix:///s?db=1&pass=secret"), "redis+unix:///s?db=1&pass=***");
+        let err = parse("[cluster]\nredis = \"redis://u:secret@r:99999/\"\n").unwrap_err().to_string();
+        assert!(err.contains("cluster.redis") && !err.contains("secret"), "{err}");
+        assert!(parse("[cluster]\nredis = \"redis+unix:///run/redis/redis-server.sock\"\n").is_ok());
+        assert!(parse("[cluster]\nredis = \"rediss://r:6380/\"\n").is_ok());
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct Daemon {
     admin_state: Arc<AdminState>,
     capacity: Arc<Capacity>,
     level: Option<LevelHandle>,
+    /// The broker's work list, until `run` starts the broker.
+    cluster_work: Option<tokio::sync::mpsc::UnboundedReceiver<crate::cluster::ClaimWork>>,
+    /// The broker's tasks while serving; dropped (stopped) after the drain.
+    broker: Option<crate::cluster::broker::Broker>,
 }
 
 impl Daemon {
@@ -138,9 +142,18 @@ impl Daemon {
         let metrics = Metrics::new();
         let acceptor = acceptor(loaded, &metrics);
         let (live, live_rx) = watch::channel(Arc::new(Settings::new(&config, acceptor)));
+        let mut node = admin::node_name();
+        let (hub, cluster_work) = if config.cluster.enabled() {
+            let dropped = metrics.broker.dropped_counter("outbox");
+            let (link, work) = crate::cluster::Link::new(&node, &config.cluster, dropped);
+            node = link.name.clone();
+            (Hub::clustered(live_rx.clone(), Arc::new(link)), Some(work))
+        } else {
+            (Hub::new(live_rx.clone()), None)
+        };
         let ctx = Arc::new(Context {
             admission: Admission::new(config.server.ipv6_prefix),
-            hub: Arc::new(Hub::new(live_rx.clone())),
+            hub: Arc::new(hub),
             live: live_rx,
             shutdown: Shutdown::default(),
             metrics,
@@ -149,7 +162,6 @@ impl Daemon {
         let token = admin::load_token(&config.admin.token_file)?;
         let scheme = if config.tls.enabled { "wss" } else { "ws" };
         let public_url = addrs.first().map(|a| format!("{scheme}://{a}")).unwrap_or_default();
-        let node = admin::node_name();
         let admin_state = Arc::new(AdminState {
             health: Health::default(),
             ctx: ctx.clone(),
@@ -158,7 +170,21 @@ impl Daemon {
             public_url,
             profiling: Default::default(),
         });
-        Ok(Self { config, config_path, listeners, addrs, ctx, live, admin, admin_addrs, admin_state, capacity, level })
+        Ok(Self {
+            config,
+            config_path,
+            listeners,
+            addrs,
+            ctx,
+            live,
+            admin,
+            admin_addrs,
+            admin_state,
+            capacity,
+            level,
+            cluster_work,
+            broker: None,
+        })
     }
 
     /// The bound addresses (port 0 resolved).
@@ -195,6 +221,7 @@ impl Daemon {
         }
         let report = self.drain(&mut events).await;
         heartbeat.abort();
+        self.broker = None;
         report
     }
 
@@ -206,6 +233,12 @@ impl Daemon {
         // Not stopped by the drain: health checks are answered until the process exits.
         for listener in std::mem::take(&mut self.admin) {
             tokio::spawn(admin::run(listener, self.admin_state.clone()));
+        }
+        if let Some(work) = self.cluster_work.take() {
+            let cluster = &self.config.cluster;
+            info!("cluster {:?} through {}", cluster.name, crate::config::redact(&cluster.redis));
+            self.broker =
+                Some(crate::cluster::broker::start(self.ctx.clone(), &cluster.redis, cluster.heartbeat, work));
         }
         let scheme = if self.config.tls.enabled { "wss" } else { "ws" };
         self.addrs.iter().map(|a| format!("{scheme}://{a}")).collect::<Vec<_>>().join(" ")

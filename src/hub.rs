@@ -3,11 +3,16 @@
 //! node) publishes through here; the drain closes everyone through here. Nothing else reaches
 //! the registry.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::cluster::Link;
 use crate::ending::{Code, Control, Ending};
 use crate::fanout;
 use crate::frame::Frames;
@@ -21,6 +26,22 @@ pub struct Hub {
     registry: Registry,
     /// Read for the gzip level of each message, so a reload applies to the next one.
     live: watch::Receiver<Arc<Settings>>,
+    /// The other nodes, when there is a cluster.
+    link: Option<Arc<Link>>,
+    /// Claims of other nodes for keys whose local holder has no generation yet: checked when
+    /// its generation arrives (a claim can overtake the reply to our own).
+    pending: DashMap<Box<str>, (u64, Instant)>,
+}
+
+/// Where a key is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// On this node.
+    Here(ClientInfo),
+    /// On the live node with this name.
+    Node(String),
+    /// Nowhere (or on a node that is gone).
+    Nowhere,
 }
 
 /// What a connection gets when it joins.
@@ -48,7 +69,10 @@ impl Member<'_> {
     /// Leaves the registry now (nothing more is queued for this connection); idempotent.
     pub fn leave(&mut self) {
         if !std::mem::replace(&mut self.left, true) {
-            self.hub.registry.unregister(&self.key, self.id);
+            let generation = self.hub.registry.unregister(&self.key, self.id);
+            if let (Some(link), Some(generation @ 1..)) = (&self.hub.link, generation) {
+                link.release(self.key.clone(), generation);
+            }
         }
     }
 }
@@ -62,7 +86,17 @@ impl Drop for Member<'_> {
 impl Hub {
     /// An empty hub following the live settings.
     pub fn new(live: watch::Receiver<Arc<Settings>>) -> Self {
-        Self { registry: Registry::default(), live }
+        Self { registry: Registry::default(), live, link: None, pending: DashMap::new() }
+    }
+
+    /// A hub whose messages also go to the other nodes of a cluster through `link`.
+    pub fn clustered(live: watch::Receiver<Arc<Settings>>, link: Arc<Link>) -> Self {
+        Self { link: Some(link), ..Self::new(live) }
+    }
+
+    /// The cluster link, if any.
+    pub fn link(&self) -> Option<&Arc<Link>> {
+        self.link.as_ref()
     }
 
     /// Registers a connection under `key` with a queue of `queue_len` messages; a connection
@@ -71,14 +105,24 @@ impl Hub {
         let (queue, rx) = mpsc::channel(queue_len);
         let control = Arc::new(Control::default());
         let id = self.registry.next_id();
-        self.registry.register(key.clone(), Client { id, gzip: info.gzip, info, queue, control: control.clone() });
+        let generation = Default::default();
+        self.registry
+            .register(key.clone(), Client { id, gzip: info.gzip, info, queue, control: control.clone(), generation });
+        if let Some(link) = &self.link {
+            link.claim(key.clone(), id);
+        }
         Joined { member: Member { hub: self, key, id, left: false }, queue: rx, control }
     }
 
-    /// A message accepted here: delivered to every local connection (sender included); returns
-    /// how many took it.
+    /// A message accepted here: delivered to every local connection (sender included), then
+    /// queued for the other nodes, in this order for every message of every sender; returns
+    /// how many local connections took it.
     pub fn publish(&self, text: Utf8Bytes) -> usize {
-        self.deliver_local(text)
+        let taken = self.deliver_local(text.clone());
+        if let Some(link) = &self.link {
+            link.message(&text);
+        }
+        taken
     }
 
     /// A message accepted by another node: delivered to every local connection.
@@ -90,6 +134,114 @@ impl Hub {
     pub fn send_to(&self, key: &str, text: Utf8Bytes) -> bool {
         let frames = self.frames(text);
         self.registry.with(key, |client| fanout::to_one(client, &frames)).unwrap_or(false)
+    }
+
+    /// Where `key` is connected, asking Redis when it is not here.
+    pub async fn locate(&self, key: &str) -> Location {
+        if let Some(info) = self.client(key) {
+            return Location::Here(info);
+        }
+        match &self.link {
+            Some(link) => match crate::cluster::broker::holder(link, key).await {
+                Some(node) => Location::Node(node),
+                None => Location::Nowhere,
+            },
+            None => Location::Nowhere,
+        }
+    }
+
+    /// Sends `text` to `key` on the other nodes (the one holding it delivers it).
+    pub fn send_elsewhere(&self, key: &str, text: &str) {
+        if let Some(link) = &self.link {
+            link.direct(key, text);
+        }
+    }
+
+    /// Kicks `key` on the other nodes (the one holding it closes it).
+    pub fn kick_elsewhere(&self, key: &str, code: Code, reason: &str) {
+        if let Some(link) = &self.link {
+            link.kick(key, code.as_u16(), reason);
+        }
+    }
+
+    /// Redis gave connection `id` of `key` its generation: record it, and close the connection
+    /// (4000) if another node's claim for the key with a higher one came first.
+    pub fn claimed(&self, key: &str, id: u64, generation: u64) {
+        // The pending entry's lock, held throughout, orders this against `claim_seen`.
+        let entry = self.pending.entry(key.into());
+        let seen = match &entry {
+            Entry::Occupied(o) => o.get().0,
+            Entry::Vacant(_) => 0,
+        };
+        self.registry.with(key, |client| {
+            if client.id == id {
+                client.generation.store(generation, Ordering::Relaxed);
+                if seen > generation {
+                    client.control.end(Ending::close(Code::Replaced));
+                }
+            }
+        });
+        if let Entry::Occupied(o) = entry {
+            o.remove();
+        }
+    }
+
+    /// Another node claimed `key` with `generation`: the local holder closes (4000) if its
+    /// generation is lower; if it has none yet, the claim is kept until it has.
+    pub fn claim_seen(&self, key: &str, generation: u64) {
+        let entry = self.pending.entry(key.into());
+        let held = self.registry.with(key, |client| {
+            let mine = client.generation.load(Ordering::Relaxed);
+            if mine != 0 && mine < generation {
+                client.control.end(Ending::close(Code::Replaced));
+            }
+            mine
+        });
+        if held == Some(0) {
+            match entry {
+                Entry::Occupied(mut o) => {
+                    let kept = o.get_mut();
+                    *kept = (kept.0.max(generation), Instant::now());
+                }
+                Entry::Vacant(v) => {
+                    v.insert((generation, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// Forgets claims kept longer than `age` (their holder left before its generation came).
+    pub fn forget_claims_older_than(&self, age: Duration) {
+        self.pending.retain(|_, (_, at)| at.elapsed() <= age);
+    }
+
+    /// Every local key with its connection id and generation (0: none yet).
+    pub fn generations(&self) -> Vec<(Box<str>, u64, u64)> {
+        let mut all = Vec::with_capacity(self.registry.len());
+        self.registry.for_each_keyed(|key, c| all.push((key.into(), c.id, c.generation.load(Ordering::Relaxed))));
+        all
+    }
+
+    /// Closes the local holder of `key` with 4000 if it is connection `id` (a newer holder
+    /// elsewhere was found by a repair).
+    pub fn replaced(&self, key: &str, id: u64) {
+        self.registry.with(key, |c| {
+            if c.id == id {
+                c.control.end(Ending::close(Code::Replaced));
+            }
+        });
+    }
+
+    /// Waits until the outbox to the other nodes is empty, or `deadline`.
+    pub async fn flush_cluster(&self, deadline: tokio::time::Instant) {
+        let Some(link) = &self.link else { return };
+        // Without Redis there is nothing to wait for: the outbox would only eat the clients' time.
+        while !link.outbox.is_empty()
+            && link.publishing.load(Ordering::Relaxed)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// What is known of the connection holding `key`.

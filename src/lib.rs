@@ -10,7 +10,8 @@
 //! - [`connection`]: one task per connection: handshake, join, reader, writer, close.
 //! - [`hub`]: the only door to delivery: join (a [`hub::Member`] that leaves on drop), publish,
 //!   send to one key, kick, close all; over [`registry`] (one connection per key) and
-//!   [`fanout`] (one message -> every queue).
+//!   [`fanout`] (one message -> every queue), and, with a cluster, [`cluster`] (the other nodes
+//!   through Redis: outbox, claims, heartbeats).
 //! - [`writer`]: a connection's queue, replies, pings and close sequence, onto the socket through
 //!   [`frame`] (frames encoded once per message, written from the shared buffer).
 //!
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod admission;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod daemon;

@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +64,64 @@ pub struct Metrics {
     reloads: Family<Outcome, Counter>,
     /// `wscast_tls_cert_not_after_seconds`
     pub tls_cert_not_after: Gauge,
+    /// The `wscast_broker_*` and `wscast_cluster_*` metrics.
+    pub broker: BrokerMetrics,
+}
+
+/// What the cluster's link to Redis counts.
+#[derive(Debug, Default)]
+pub struct BrokerMetrics {
+    /// `wscast_broker_up`: 1 while publishing and subscribed with the node's own heartbeat
+    /// coming back.
+    pub up: Gauge,
+    /// `wscast_broker_reconnects_total`
+    pub reconnects: Counter,
+    /// `wscast_broker_outbox`, set at each scrape.
+    pub outbox: Gauge,
+    dropped: Family<Reason, Counter>,
+    /// `wscast_broker_gaps_total`: envelopes of other nodes that never arrived.
+    pub gaps: Counter,
+    /// `wscast_broker_duplicates_total`
+    pub duplicates: Counter,
+    /// `wscast_cluster_nodes`, set at each scrape.
+    pub nodes: Gauge,
+    lag: Option<Histogram>,
+}
+
+impl BrokerMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self { lag: Some(Histogram::new(exponential_buckets(0.000_25, 2.0, 16))), ..Self::default() };
+        registry.register("broker_up", "1 while the link to Redis works both ways", m.up.clone());
+        registry.register("broker_reconnects", "Connections to Redis made again after a loss", m.reconnects.clone());
+        registry.register("broker_outbox", "Envelopes waiting to be published to Redis", m.outbox.clone());
+        registry.register("broker_dropped", "Cross-node envelopes dropped, by reason", m.dropped.clone());
+        registry.register("broker_gaps", "Envelopes of other nodes that never arrived (sequence gaps)", m.gaps.clone());
+        registry.register("broker_duplicates", "Envelopes received twice and dropped", m.duplicates.clone());
+        registry.register("cluster_nodes", "Live nodes of the cluster, this one included", m.nodes.clone());
+        let lag = m.lag.clone().expect("made above");
+        registry.register("broker_lag_seconds", "From another node's send to its arrival here", lag);
+        for reason in ["outbox", "dispatch", "undecodable"] {
+            let _ = m.dropped.get_or_create(&Reason { reason: reason.into() });
+        }
+        m
+    }
+
+    /// Counts `n` envelopes dropped for `reason` (`outbox`, `dispatch`, `undecodable`).
+    pub fn dropped(&self, reason: &str, n: u64) {
+        self.dropped.get_or_create(&Reason { reason: reason.into() }).inc_by(n);
+    }
+
+    /// The counter of envelopes dropped for `reason`, as a handle to count with later.
+    pub fn dropped_counter(&self, reason: &str) -> Counter {
+        self.dropped.get_or_create(&Reason { reason: reason.into() }).clone()
+    }
+
+    /// Records how long an envelope took from its origin to here.
+    pub fn lag(&self, seconds: f64) {
+        if let Some(lag) = &self.lag {
+            lag.observe(seconds.max(0.0));
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -101,6 +160,7 @@ impl Metrics {
             "Expiry of the served TLS certificate, Unix seconds (0 without TLS)",
             tls_cert_not_after.clone(),
         );
+        let broker = BrokerMetrics::register(&mut registry);
         let build_info = Family::<Version, Gauge>::default();
         registry.register("build_info", "The running version", build_info.clone());
         build_info.get_or_create(&Version { version: env!("CARGO_PKG_VERSION").into() }).set(1);
@@ -123,6 +183,7 @@ impl Metrics {
             slow_consumers,
             reloads,
             tls_cert_not_after,
+            broker,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Client {
     pub queue: mpsc::Sender<Arc<Frames>>,
     /// How to end it.
     pub control: Arc<Control>,
+    /// Its cluster-wide generation (0 until Redis gave it one, or without a cluster).
+    pub generation: AtomicU64,
 }
 
 /// All registered connections by key, with counters that are cheap to read.
@@ -87,18 +89,15 @@ impl Registry {
         }
     }
 
-    /// Removes `key` only if it still belongs to connection `id`; true if it did.
-    pub fn unregister(&self, key: &str, id: u64) -> bool {
-        match self.clients.remove_if(key, |_, c| c.id == id) {
-            Some((_, c)) => {
-                self.count.fetch_sub(1, Ordering::Relaxed);
-                if c.gzip {
-                    self.gzip_count.fetch_sub(1, Ordering::Relaxed);
-                }
-                true
-            }
-            None => false,
+    /// Removes `key` only if it still belongs to connection `id`; returns its generation if it
+    /// did.
+    pub fn unregister(&self, key: &str, id: u64) -> Option<u64> {
+        let (_, c) = self.clients.remove_if(key, |_, c| c.id == id)?;
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        if c.gzip {
+            self.gzip_count.fetch_sub(1, Ordering::Relaxed);
         }
+        Some(c.generation.load(Ordering::Relaxed))
     }
 
     /// Calls `f` with the connection registered under `key`, if any. `f` must not block or
@@ -150,7 +149,8 @@ mod tests {
             gzip,
             connected_at: std::time::SystemTime::UNIX_EPOCH,
         };
-        (Client { id: reg.next_id(), gzip, info, queue, control: control.clone() }, control)
+        let generation = AtomicU64::new(0);
+        (Client { id: reg.next_id(), gzip, info, queue, control: control.clone(), generation }, control)
     }
 
     #[test]
@@ -166,11 +166,11 @@ mod tests {
         assert_eq!(a_ctl.ending().and_then(Ending::code), Some(Code::Replaced));
         assert_eq!(b_ctl.ending(), None);
         assert_eq!((reg.len(), reg.gzip_len()), (1, 0));
-        assert!(!reg.unregister("k", a_id), "the late removal of the old must not remove the new");
+        assert!(reg.unregister("k", a_id).is_none(), "the late removal of the old must not remove the new");
         assert_eq!(reg.len(), 1);
         assert_eq!(reg.with("k", |c| c.id), Some(b_id));
-        assert!(reg.unregister("k", b_id));
+        assert_eq!(reg.unregister("k", b_id), Some(0));
         assert!(reg.is_empty());
-        assert!(!reg.unregister("k", b_id));
+        assert!(reg.unregister("k", b_id).is_none());
     }
 }

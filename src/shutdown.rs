@@ -122,6 +122,8 @@ impl Shutdown {
         self.stop_reading.cancel();
         self.readers.close();
         let _ = tokio::time::timeout_at(deadline, self.readers.wait()).await;
+        // What was accepted reaches the other nodes before clients are told to go.
+        hub.flush_cluster(deadline).await;
         // Set the flag before the sweep: a connection registering now either is in the sweep or
         // sees the flag right after registering.
         self.closing.cancel();

@@ -64,7 +64,8 @@ pub async fn run_bound(daemon: Daemon) -> TestDaemon {
     // One slot: a send returns only once the daemon took the event before it (see `reload`).
     let (events, rx) = mpsc::channel(1);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    let task = tokio::spawn(daemon.run(Box::pin(stream)));
+    // Fused: a test that drops its sender ends the stream, which the drain may poll again.
+    let task = tokio::spawn(daemon.run(Box::pin(stream.fuse())));
     TestDaemon { addr, addrs, hub, events, task }
 }
 
