@@ -149,6 +149,10 @@ async fn three_nodes_deliver_every_message_to_every_client_in_sender_order() {
     }
     for node in &nodes {
         assert_eq!(node.ctx.metrics.broker.gaps.get(), 0, "no gaps while Redis is up");
+        // Every message of the two other nodes' senders went through the lag histogram.
+        let text = node.ctx.metrics.render();
+        let count = format!("wscast_broker_lag_seconds_count {}", 2 * EACH);
+        assert!(text.lines().any(|l| l == count), "{count} in:\n{text}");
     }
     for node in nodes {
         node.d.stop().await;
@@ -257,6 +261,10 @@ async fn the_admin_api_acts_on_whichever_node_holds_the_key() {
     assert_eq!(code, 200);
     assert_eq!(names.len(), 2, "{body}");
     assert!(names.contains(&nodes[1].name()) && names.contains(&a.name()), "{body}");
+    let scrape = http(a.admin, "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    for line in ["wscast_cluster_nodes 2", "wscast_broker_up 1", "wscast_broker_outbox 0"] {
+        assert!(scrape.lines().any(|l| l == line), "{line} in:\n{scrape}");
+    }
     assert_eq!(a.api("DELETE", "/v1/clients/far%20away?code=4100&reason=banned", "").await.0, 202);
     assert_eq!(recv_close(&mut far).await, (4100, "banned".into()));
     nodes[1].d.wait_for_clients(0).await;

@@ -72,6 +72,9 @@ enum Mode {
         /// the server's peak RSS.
         #[arg(long, default_value_t = 0)]
         stuck: usize,
+        /// A second node of the same cluster: clients (senders too) alternate between the two.
+        #[arg(long)]
+        url2: Option<String>,
     },
     /// Hold N idle connections; with --server-pid, report the server's RSS per connection.
     Idle {
@@ -141,8 +144,8 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, async move {
         match cli.mode {
-            Mode::Fanout { server, clients, gzip, senders, rate, window, size, duration, stuck } => {
-                let load = Load { n: clients, gzip, senders, rate, window, size: size.max(28), stuck };
+            Mode::Fanout { server, clients, gzip, senders, rate, window, size, duration, stuck, url2 } => {
+                let load = Load { n: clients, gzip, senders, rate, window, size: size.max(28), stuck, url2 };
                 fanout(&server, load, secs(duration)).await
             }
             Mode::Publish { server, admin, token_file, clients, gzip, connections, size, duration } => {
@@ -207,11 +210,14 @@ struct Load {
     window: usize,
     size: usize,
     stuck: usize,
+    url2: Option<String>,
 }
 
 async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), String> {
-    let Load { n, gzip: gzip_share, senders, rate, window, size, stuck } = load;
+    let Load { n, gzip: gzip_share, senders, rate, window, size, stuck, url2 } = load;
     let target = Target::new(&server.url, server.ca.as_deref())?;
+    let second = url2.as_deref().map(|u| Target::new(u, server.ca.as_deref())).transpose()?;
+    let targets: Vec<&Target> = std::iter::once(&target).chain(second.as_ref()).collect();
     let senders = senders.clamp(1, n);
     let fan = Rc::new(Fan {
         start: Instant::now(),
@@ -230,8 +236,10 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
     for i in 0..n {
         let gzip = i >= senders && i % gzip_every == 0;
         gzip_count += gzip as usize;
+        // Pairs alternate, so each node gets plain and gzip clients alike.
+        let node = targets[(i / 2) % targets.len()];
         let (stream, early) =
-            client::connect(&target, i, &format!("b{i}"), gzip).await.map_err(|e| format!("client {i}: {e}"))?;
+            client::connect(node, i, &format!("b{i}"), gzip).await.map_err(|e| format!("client {i}: {e}"))?;
         let (reader, writer) = tokio::io::split(stream);
         let own = windows.get(i).cloned();
         tokio::task::spawn_local(receive(fan.clone(), reader, early, gzip, i, own));
@@ -291,8 +299,9 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
     let h = fan.latency.lock().unwrap();
     let secs = elapsed.as_secs_f64();
     println!(
-        "fanout {}: clients={n} gzip={gzip_count} senders={senders} size={size} rate={} duration={secs:.1}s",
+        "fanout {}{}: clients={n} gzip={gzip_count} senders={senders} size={size} rate={} duration={secs:.1}s",
         server.url,
+        url2.map(|u| format!(" + {u}")).unwrap_or_default(),
         if rate == 0 { format!("max(window {window})") } else { rate.to_string() }
     );
     println!(
