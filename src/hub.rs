@@ -361,6 +361,53 @@ mod tests {
         assert_eq!(slow.control.ending().and_then(Ending::code), Some(Code::TooSlow));
     }
 
+    fn clustered() -> Hub {
+        let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None)));
+        let (link, _work) = Link::new("test", &crate::config::Cluster::default(), Default::default());
+        Hub::clustered(live, Arc::new(link))
+    }
+
+    fn id_of(hub: &Hub, key: &str) -> u64 {
+        hub.generations().into_iter().find(|(k, _, _)| &**k == key).unwrap().1
+    }
+
+    #[test]
+    fn the_highest_generation_wins_whatever_order_claims_and_replies_come_in() {
+        let hub = clustered();
+        // A remote claim overtakes the reply to ours: kept, and it wins when the reply comes.
+        let a = hub.join("a".into(), info(false), 4);
+        hub.claim_seen("a", 7);
+        assert_eq!(a.control.ending(), None);
+        hub.claimed("a", id_of(&hub, "a"), 5);
+        assert_eq!(a.control.ending().and_then(Ending::code), Some(Code::Replaced));
+        // A lower remote claim, before or after our reply, changes nothing.
+        let b = hub.join("b".into(), info(false), 4);
+        hub.claim_seen("b", 3);
+        hub.claimed("b", id_of(&hub, "b"), 9);
+        hub.claim_seen("b", 8);
+        assert_eq!(b.control.ending(), None);
+        // A higher one after the reply closes at once.
+        hub.claim_seen("b", 10);
+        assert_eq!(b.control.ending().and_then(Ending::code), Some(Code::Replaced));
+        // A claim for a key nobody holds here is not kept.
+        hub.claim_seen("nobody", 4);
+        assert!(!hub.pending.contains_key("nobody"));
+    }
+
+    #[test]
+    fn a_publish_is_queued_for_the_other_nodes_in_order() {
+        let hub = clustered();
+        let _a = hub.join("a".into(), info(false), 4);
+        hub.publish(text("one"));
+        hub.publish(text("two"));
+        let link = hub.link().unwrap();
+        let sent: Vec<_> =
+            link.outbox.peek(10).iter().map(|b| crate::cluster::envelope::Envelope::decode(b).unwrap()).collect();
+        let bodies: Vec<_> = sent.iter().map(|e| (e.seq, e.body.clone())).collect();
+        use crate::cluster::envelope::Body::Message;
+        assert_eq!(bodies, [(1, Message("one".into())), (2, Message("two".into()))]);
+    }
+
     #[test]
     fn kick_and_close_all() {
         let hub = hub();

@@ -240,22 +240,28 @@ async fn serve_commands(
     }
 }
 
+/// Publishes what the outbox holds, a few pipelines at a time, so heartbeats and claims are
+/// not starved by a long backlog.
 async fn publish_outbox(shared: &Shared, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
     let outbox = &shared.link.outbox;
-    shared.ctx.metrics.broker.outbox.set(outbox.len() as i64);
-    loop {
+    for _ in 0..8 {
         let batch = outbox.peek(BATCH);
         if batch.is_empty() {
-            return Ok(());
+            break;
         }
         let mut pipe = redis::pipe();
         for envelope in &batch {
-            pipe.cmd("PUBLISH").arg(&shared.names.bus).arg(envelope.as_slice()).ignore();
+            pipe.cmd("PUBLISH").arg(&shared.names.bus).arg(envelope.as_ref()).ignore();
         }
         pipe.query_async::<()>(conn).await?;
         outbox.done(&batch);
-        shared.ctx.metrics.broker.outbox.set(outbox.len() as i64);
     }
+    if !outbox.is_empty() {
+        // More to do: come straight back after the other duties.
+        outbox.ready.notify_one();
+    }
+    shared.ctx.metrics.broker.outbox.set(outbox.len() as i64);
+    Ok(())
 }
 
 async fn publish_heartbeat(shared: &Shared, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
@@ -284,7 +290,7 @@ async fn claims(
     let floor = shared.link.highest_generation();
     for w in &batch {
         match w {
-            ClaimWork::Claim { key, .. } => claim_cmd(&mut pipe, shared, key, floor),
+            ClaimWork::Claim { key, .. } => script_cmd(&mut pipe, shared, CLAIM, key, floor),
             ClaimWork::Release { key, generation } => {
                 pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(shared.names.entry(key)).arg(generation.to_string()).ignore();
             }
@@ -302,13 +308,15 @@ async fn claims(
     Ok(())
 }
 
-fn claim_cmd(pipe: &mut redis::Pipeline, shared: &Shared, key: &str, floor: u64) {
+/// CLAIM (with `number` = the floor) or REPAIR (with `number` = the holder's generation): the
+/// same keys and arguments.
+fn script_cmd(pipe: &mut redis::Pipeline, shared: &Shared, script: &str, key: &str, number: u64) {
     pipe.cmd("EVAL")
-        .arg(CLAIM)
+        .arg(script)
         .arg(2)
         .arg(&shared.names.counter)
         .arg(shared.names.entry(key))
-        .arg(floor)
+        .arg(number)
         .arg(format!("{:x}", shared.link.node))
         .arg(ENTRY_TTL.as_secs())
         .arg(&shared.names.claims)
@@ -319,25 +327,14 @@ fn claim_cmd(pipe: &mut redis::Pipeline, shared: &Shared, key: &str, floor: u64)
 /// holder elsewhere closes the local one (4000); an entry Redis lost is written again.
 async fn repair(shared: &Shared, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
     let all = shared.ctx.hub.generations();
-    let node = format!("{:x}", shared.link.node);
     let (mut replaced, mut claimed) = (0, 0);
     for chunk in all.chunks(BATCH) {
         let floor = shared.link.highest_generation();
         let mut pipe = redis::pipe();
         for (key, _, generation) in chunk {
-            if *generation == 0 {
-                claim_cmd(&mut pipe, shared, key, floor);
-            } else {
-                pipe.cmd("EVAL")
-                    .arg(REPAIR)
-                    .arg(2)
-                    .arg(&shared.names.counter)
-                    .arg(shared.names.entry(key))
-                    .arg(generation)
-                    .arg(&node)
-                    .arg(ENTRY_TTL.as_secs())
-                    .arg(&shared.names.claims)
-                    .arg(&**key);
+            match *generation {
+                0 => script_cmd(&mut pipe, shared, CLAIM, key, floor),
+                mine => script_cmd(&mut pipe, shared, REPAIR, key, mine),
             }
         }
         let answers: Vec<u64> = pipe.query_async(conn).await?;

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 /// Envelopes in publishing order, at most `capacity`.
@@ -19,7 +20,7 @@ pub struct Outbox {
 
 #[derive(Debug)]
 struct Inner {
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Bytes>,
     capacity: usize,
     next_seq: u64,
     dropped: u64,
@@ -45,15 +46,15 @@ impl Outbox {
                 inner.queue.pop_front();
                 inner.dropped += 1;
             }
-            inner.queue.push_back(envelope);
+            inner.queue.push_back(Bytes::from(envelope));
             dropped
         };
         self.ready.notify_one();
         dropped
     }
 
-    /// Copies of the first `max` envelopes, left queued until [`Outbox::done`].
-    pub fn peek(&self, max: usize) -> Vec<Vec<u8>> {
+    /// The first `max` envelopes (shared, not copied), left queued until [`Outbox::done`].
+    pub fn peek(&self, max: usize) -> Vec<Bytes> {
         let inner = self.inner.lock().expect("outbox lock");
         inner.queue.iter().take(max).cloned().collect()
     }
@@ -61,10 +62,11 @@ impl Outbox {
     /// Removes the first `n` envelopes: they were published. Some may have been dropped
     /// meanwhile (the queue overflowed while they were in flight): `sent` are the bytes that
     /// went out, so only those still at the front are removed.
-    pub fn done(&self, sent: &[Vec<u8>]) {
+    pub fn done(&self, sent: &[Bytes]) {
         let mut inner = self.inner.lock().expect("outbox lock");
         for envelope in sent {
-            if inner.queue.front() == Some(envelope) {
+            // The same allocation, not merely equal bytes.
+            if inner.queue.front().is_some_and(|f| f.as_ptr() == envelope.as_ptr()) {
                 inner.queue.pop_front();
             }
         }
@@ -94,6 +96,10 @@ mod tests {
         seq.to_be_bytes().to_vec()
     }
 
+    fn queued(outbox: &Outbox) -> Vec<Vec<u8>> {
+        outbox.peek(10).iter().map(|b| b.to_vec()).collect()
+    }
+
     #[test]
     fn keeps_order_and_numbers_and_drops_the_oldest_when_full() {
         let outbox = Outbox::new(3);
@@ -101,10 +107,10 @@ mod tests {
             outbox.push(numbered);
         }
         assert_eq!(outbox.dropped(), 2);
-        assert_eq!(outbox.peek(10), [numbered(3), numbered(4), numbered(5)]);
+        assert_eq!(queued(&outbox), [numbered(3), numbered(4), numbered(5)]);
         let batch = outbox.peek(2);
         outbox.done(&batch);
-        assert_eq!(outbox.peek(10), [numbered(5)]);
+        assert_eq!(queued(&outbox), [numbered(5)]);
     }
 
     #[test]
@@ -116,6 +122,6 @@ mod tests {
         outbox.push(numbered); // drops 1
         outbox.push(numbered); // drops 2
         outbox.done(&in_flight);
-        assert_eq!(outbox.peek(10), [numbered(3), numbered(4)]);
+        assert_eq!(queued(&outbox), [numbered(3), numbered(4)]);
     }
 }
