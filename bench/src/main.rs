@@ -181,6 +181,22 @@ struct Fan {
     latency: Mutex<Histogram<u64>>,
 }
 
+impl Fan {
+    /// Fresh counters for payloads of `size` bytes; the clock starts now.
+    fn new(size: usize) -> Self {
+        Fan {
+            start: Instant::now(),
+            size,
+            sent: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            validated: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
+        }
+    }
+}
+
 /// Payload: 16 hex digits of send time (ns since start), 4 of sender, 8 of sequence, padding.
 fn payload(fan: &Fan, sender: usize, seq: u64) -> Vec<u8> {
     let ts = fan.start.elapsed().as_nanos() as u64;
@@ -219,16 +235,7 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
     let second = url2.as_deref().map(|u| Target::new(u, server.ca.as_deref())).transpose()?;
     let targets: Vec<&Target> = std::iter::once(&target).chain(second.as_ref()).collect();
     let senders = senders.clamp(1, n);
-    let fan = Rc::new(Fan {
-        start: Instant::now(),
-        size,
-        sent: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        validated: AtomicU64::new(0),
-        invalid: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
-    });
+    let fan = Rc::new(Fan::new(size));
     let windows: Vec<Rc<Semaphore>> = (0..senders).map(|_| Rc::new(Semaphore::new(window))).collect();
     let gzip_every = if gzip_share > 0.0 { (1.0 / gzip_share).round().max(1.0) as usize } else { usize::MAX };
     let mut gzip_count = 0;

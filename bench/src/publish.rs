@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,16 +34,7 @@ struct Answers {
 
 pub async fn run(server: &Server, load: Publish, duration: Duration) -> Result<(), String> {
     let target = Target::new(&server.url, server.ca.as_deref())?;
-    let fan = Rc::new(Fan {
-        start: Instant::now(),
-        size: load.size,
-        sent: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        validated: AtomicU64::new(0),
-        invalid: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
-    });
+    let fan = Rc::new(Fan::new(load.size));
     let gzip_every = if load.gzip > 0.0 { (1.0 / load.gzip).round().max(1.0) as usize } else { usize::MAX };
     for i in 0..load.clients {
         let gzip = i % gzip_every == 0;

@@ -23,13 +23,12 @@ struct Inner {
     queue: VecDeque<Bytes>,
     capacity: usize,
     next_seq: u64,
-    dropped: u64,
 }
 
 impl Outbox {
     /// An empty outbox holding at most `capacity` envelopes.
     pub fn new(capacity: usize) -> Self {
-        let inner = Inner { queue: VecDeque::new(), capacity: capacity.max(1), next_seq: 1, dropped: 0 };
+        let inner = Inner { queue: VecDeque::new(), capacity: capacity.max(1), next_seq: 1 };
         Self { inner: Mutex::new(inner), ready: Notify::new() }
     }
 
@@ -44,7 +43,6 @@ impl Outbox {
             let dropped = inner.queue.len() >= inner.capacity;
             if dropped {
                 inner.queue.pop_front();
-                inner.dropped += 1;
             }
             inner.queue.push_back(Bytes::from(envelope));
             dropped
@@ -81,11 +79,6 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Envelopes dropped for lack of room since start.
-    pub fn dropped(&self) -> u64 {
-        self.inner.lock().expect("outbox lock").dropped
-    }
 }
 
 #[cfg(test)]
@@ -103,10 +96,8 @@ mod tests {
     #[test]
     fn keeps_order_and_numbers_and_drops_the_oldest_when_full() {
         let outbox = Outbox::new(3);
-        for _ in 0..5 {
-            outbox.push(numbered);
-        }
-        assert_eq!(outbox.dropped(), 2);
+        let dropped = (0..5).filter(|_| outbox.push(numbered)).count();
+        assert_eq!(dropped, 2);
         assert_eq!(queued(&outbox), [numbered(3), numbered(4), numbered(5)]);
         let batch = outbox.peek(2);
         outbox.done(&batch);
