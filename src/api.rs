@@ -37,6 +37,8 @@ pub async fn handle(req: Request<Incoming>, state: &AdminState) -> Answer {
         (Method::GET, ["v1", "clients", key]) => client(state, key).await,
         (Method::DELETE, ["v1", "clients", key]) => kick(&req, state, key).await,
         (_, ["v1", "clients", _]) => method_not_allowed("GET, DELETE"),
+        (Method::POST, ["v1", "tokens"]) => mint(req, state).await,
+        (_, ["v1", "tokens"]) => method_not_allowed("POST"),
         (Method::GET, ["v1", "stats"]) => stats(state),
         (_, ["v1", "stats"]) => method_not_allowed("GET"),
         (Method::GET, ["debug", "clients"]) => debug_clients(state),
@@ -110,6 +112,7 @@ async fn client(state: &AdminState, key: &str) -> Answer {
             "gzip": info.gzip,
             "tls": info.tls,
             "connected_at": humantime::format_rfc3339_seconds(info.connected_at).to_string(),
+            "token_expires_at": (info.expires != 0).then_some(info.expires),
         }),
     )
 }
@@ -204,6 +207,64 @@ async fn take_profile(seconds: u64) -> Result<Vec<u8>, pprof::Error> {
     tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
     let profile = guard.report().build()?.pprof()?;
     Ok(prost::Message::encode_to_vec(&profile))
+}
+
+/// What `POST /v1/tokens` takes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    key: String,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// The lifetime of a minted token when the request names none.
+const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Mints a connection token for a key, signed with the configured HMAC secret: for backends
+/// without a JWT library. The token is in the answer only, never in a log.
+async fn mint(req: Request<Incoming>, state: &AdminState) -> Answer {
+    if let Some(kind) = req.headers().get(CONTENT_TYPE) {
+        if !kind.to_str().is_ok_and(|k| k.trim_start().to_ascii_lowercase().starts_with("application/json")) {
+            let kind = String::from_utf8_lossy(kind.as_bytes());
+            let why = format!(
+                "the body must be application/json, not {kind}; with curl: -H 'Content-Type: application/json'"
+            );
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &why);
+        }
+    }
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "the request is over 4096 bytes")
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body could not be read: {e}")),
+    };
+    let asked: MintRequest = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, &format!("the body must be {{\"key\": ..., \"ttl\": \"5m\"}}: {e}"))
+        }
+    };
+    if let Err(why) = crate::upgrade::check_key(&asked.key) {
+        return error(StatusCode::BAD_REQUEST, &why);
+    }
+    let ttl = match asked.ttl.as_deref().map(humantime::parse_duration).transpose() {
+        Ok(ttl) => ttl.unwrap_or(DEFAULT_TTL),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("ttl must be a duration like \"5m\": {e}")),
+    };
+    if ttl < std::time::Duration::from_secs(1) || ttl > crate::token::MAX_TTL {
+        return error(StatusCode::BAD_REQUEST, "ttl must be 1s to 24h");
+    }
+    let tokens = state.ctx.live.borrow().tokens.clone();
+    match tokens.mint(&asked.key, ttl) {
+        Ok(m) => json_response(
+            StatusCode::OK,
+            json!({ "token": m.token, "key": asked.key, "expires_at": m.expires, "kid": m.kid }),
+        ),
+        Err(e @ crate::token::MintError::NoSecret) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 fn stats(state: &AdminState) -> Answer {

@@ -42,6 +42,69 @@ pub struct Config {
     pub admin: Admin,
     /// Several nodes as one, through Redis.
     pub cluster: Cluster,
+    /// Who may connect: signed connection tokens.
+    pub auth: Auth,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// `none` lets anyone connect (the Go server's behaviour); `jwt` requires a token.
+    pub mode: AuthMode,
+    /// Key files: HMAC secrets (HS256), PEM public keys (RS256, ES256, EdDSA), JWK Sets (`.json`).
+    pub keys: Vec<PathBuf>,
+    /// The `aud` a token must name; empty means `aud` is not checked.
+    pub audience: String,
+    /// The `iss` a token must carry; empty means `iss` is not checked.
+    pub issuer: String,
+    /// Clock skew allowed on `exp` and `nbf` at the handshake.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Close open connections with 4003 at their token's `exp`.
+    pub expire_connections: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            keys: Vec::new(),
+            audience: String::new(),
+            issuer: String::new(),
+            leeway: Duration::from_secs(30),
+            expire_connections: false,
+        }
+    }
+}
+
+/// `auth.mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may connect with any key.
+    None,
+    /// A connection needs a JWT whose `sub` is its key.
+    Jwt,
+}
+
+impl Auth {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode == AuthMode::Jwt && self.keys.is_empty() {
+            return Err(ConfigError::invalid("auth.keys", "[]", "auth.mode = \"jwt\" needs at least one key file"));
+        }
+        if self.leeway > Duration::from_secs(600) {
+            return Err(ConfigError::invalid(
+                "auth.leeway",
+                format!("\"{}\"", humantime::format_duration(self.leeway)),
+                "must be at most 10m",
+            ));
+        }
+        if let Some(dup) = self.keys.iter().enumerate().find_map(|(i, k)| self.keys[..i].contains(k).then_some(k)) {
+            return Err(ConfigError::invalid("auth.keys", format!("{dup:?}"), "file listed twice"));
+        }
+        Ok(())
+    }
 }
 
 /// `[cluster]`
@@ -464,6 +527,7 @@ impl Config {
         self.websocket.validate()?;
         self.log.validate()?;
         self.cluster.validate()?;
+        self.auth.validate()?;
         nonzero("shutdown.drain_timeout", self.shutdown.drain_timeout)?;
         let (spread, drain) = (self.shutdown.spread, self.shutdown.drain_timeout);
         if spread >= drain {

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -24,7 +25,8 @@ use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::settings::Settings;
 use crate::state::Context;
-use crate::upgrade::{self, ClientParams, HandshakeError};
+use crate::token::Refusal;
+use crate::upgrade::{self, ClientParams, HandshakeError, Rejection};
 use crate::writer::{Replies, Writer, CLOSE_GRACE};
 
 /// Serves one accepted socket to the end. Errors stay here: they are logged, never returned.
@@ -70,8 +72,13 @@ pub async fn handshake_and_run<S>(stream: S, peer: SocketAddr, deadline: Instant
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Admission runs once the head is complete: a silent connection spends nobody's budget.
-    let admit = |_: &ClientParams| ctx.admission.admit(peer.ip(), &settings.admission);
+    // Admission runs once the head is complete: a silent connection spends nobody's budget. The
+    // token is checked after it, so a flood of bad tokens spends its own address's budget.
+    let admit = |params: &ClientParams| {
+        let slot = ctx.admission.admit(peer.ip(), &settings.admission)?;
+        let expires = authorize(params, settings, &ctx.metrics)?;
+        Ok((slot, expires))
+    };
     // A handshake under way when the drain starts still completes (bounded by its deadline): the
     // client then gets a proper 1001 instead of a cut connection.
     // The handshake's state is boxed and freed once it is done, so it does not size the future
@@ -90,7 +97,7 @@ where
         }
     };
     // Held for the connection's life: its place in the per-address count, and in the counts.
-    let _slot = upgraded.admitted;
+    let (_slot, expires) = upgraded.admitted;
     let _client = ctx.shutdown.client();
     ctx.metrics.accepted.inc();
     let _counted = Counted::new(&ctx.metrics, settings.tls.is_some());
@@ -100,9 +107,29 @@ where
         tls: settings.tls.is_some(),
         gzip: upgraded.params.gzip,
         connected_at: std::time::SystemTime::now(),
+        expires,
     };
     let run = Box::pin(run_client(upgraded.stream, upgraded.tail, upgraded.params.key, info, settings, ctx));
     run.await
+}
+
+/// The connection token's check when `[auth]` requires one: the token's `exp` (0 when none is
+/// required), or the 401. Neither the answer nor the metric holds any part of the token.
+fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> Result<u64, Rejection> {
+    let tokens = &settings.tokens;
+    if !tokens.required() {
+        return Ok(0);
+    }
+    let verified = match &params.token {
+        Some(token) => tokens.verify(token.expose(), &params.key),
+        None => Err(Refusal::Missing),
+    };
+    verified.map(|v| v.expires).map_err(|refusal| {
+        metrics.token_rejected(refusal.label());
+        let mut r = Rejection::new(StatusCode::UNAUTHORIZED, refusal.reason());
+        r.header = Some(("WWW-Authenticate", "Bearer".into()));
+        r
+    })
 }
 
 /// Serves an upgraded client: registration, then a reader that publishes and a writer that

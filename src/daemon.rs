@@ -24,6 +24,7 @@ use crate::shutdown::{DrainReport, Shutdown};
 use crate::signals::Event;
 use crate::state::Context;
 use crate::tls::{self, TlsError};
+use crate::token::{self as token, Tokens};
 
 /// How often `STATUS=` is refreshed with the connection count.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
@@ -44,6 +45,9 @@ pub enum StartError {
     /// The log directory cannot be used.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A key file of `auth.keys` cannot be used.
+    #[error(transparent)]
+    Keys(#[from] crate::token::KeyError),
     /// The admin token file cannot be used.
     #[error(transparent)]
     AdminToken(#[from] admin::TokenError),
@@ -82,6 +86,7 @@ impl StartError {
 /// directory is writable.
 pub fn check(config: &Config) -> Result<(), StartError> {
     load_tls(config)?;
+    Tokens::load(&config.auth)?;
     admin::load_token(&config.admin.token_file)?;
     if config.log.target == config::LogTarget::File {
         logging::file_appender(&config.log)?;
@@ -94,6 +99,13 @@ fn load_tls(config: &Config) -> Result<Option<tls::Loaded>, TlsError> {
         return Ok(None);
     }
     tls::load(&config.tls.cert, &config.tls.key).map(Some)
+}
+
+/// The keys of `auth.keys`, their count shown in the metrics.
+fn tokens(config: &Config, metrics: &Metrics) -> Result<Arc<Tokens>, crate::token::KeyError> {
+    let tokens = Tokens::load(&config.auth)?;
+    metrics.token_keys.set(tokens.key_count() as i64);
+    Ok(Arc::new(tokens))
 }
 
 /// The acceptor of a loaded certificate, its expiry shown in the metrics.
@@ -140,8 +152,9 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()?;
         let admin_addrs = admin.iter().filter_map(|l| l.local_addr().ok()).collect();
         let metrics = Metrics::new();
+        let tokens = tokens(&config, &metrics)?;
         let acceptor = acceptor(loaded, &metrics);
-        let (live, live_rx) = watch::channel(Arc::new(Settings::new(&config, acceptor)));
+        let (live, live_rx) = watch::channel(Arc::new(Settings::new(&config, acceptor, tokens)));
         let mut node = admin::node_name();
         let (hub, cluster_work) = if config.cluster.enabled() {
             let dropped = metrics.broker.dropped_counter("outbox");
@@ -215,12 +228,14 @@ impl Daemon {
         self.admin_state.health.set_ready();
         // STATUS= and WATCHDOG= until the process ends, the drain included.
         let heartbeat = tokio::spawn(heartbeat(self.ctx.hub.clone(), listening.clone()));
+        let expiry = tokio::spawn(expire_tokens(self.ctx.clone()));
         while let Some(Event::Reload) = events.next().await {
             self.reload();
             notify::ready(&format!("listening on {listening}; {} clients", self.ctx.hub.len()));
         }
         let report = self.drain(&mut events).await;
         heartbeat.abort();
+        expiry.abort();
         self.broker = None;
         report
     }
@@ -299,6 +314,14 @@ impl Daemon {
                 return false;
             }
         };
+        // Key files are read again: a new key works and a removed one stops working at once.
+        let tokens = match tokens(&new, &self.ctx.metrics) {
+            Ok(t) => t,
+            Err(e) => {
+                error!("reload failed, keeping the running configuration: {e}");
+                return false;
+            }
+        };
         if !restart.is_empty() {
             warn!(keys = %restart.join(", "), "changed keys need a restart to take effect");
         }
@@ -308,7 +331,7 @@ impl Daemon {
             }
         }
         let acceptor = acceptor(loaded, &self.ctx.metrics);
-        self.live.send_replace(Arc::new(Settings::new(&new, acceptor)));
+        self.live.send_replace(Arc::new(Settings::new(&new, acceptor, tokens)));
         self.config = new;
         info!("configuration reloaded");
         true
@@ -359,6 +382,25 @@ async fn heartbeat(hub: Arc<Hub>, listening: String) {
                 }
             }
             _ = ping.tick(), if watchdog.is_some() => notify::watchdog(),
+        }
+    }
+}
+
+/// How often the expiry sweep looks; a token's 4003 comes this long after its `exp` at most.
+const EXPIRY_EVERY: Duration = Duration::from_millis(250);
+
+/// With `auth.expire_connections`, closes (4003) the connections whose token's `exp` has come:
+/// one sweep for all of them instead of a timer per connection.
+async fn expire_tokens(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(EXPIRY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if ctx.live.borrow().tokens.expire_connections() {
+            let closed = ctx.hub.expire(token::unix_now());
+            if closed > 0 {
+                info!(closed, "closed connections whose token expired (4003)");
+            }
         }
     }
 }

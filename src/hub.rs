@@ -3,7 +3,7 @@
 //! node) publishes through here; the drain closes everyone through here. Nothing else reaches
 //! the registry.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ pub struct Hub {
     /// Claims of other nodes for keys whose local holder has no generation yet: checked when
     /// its generation arrives (a claim can overtake the reply to our own).
     pending: DashMap<Box<str>, (u64, Instant)>,
+    /// The earliest token `exp` of any connection (Unix seconds), so the expiry sweep walks the
+    /// registry only when something is due.
+    next_expiry: AtomicU64,
 }
 
 /// Where a key is connected.
@@ -86,7 +89,7 @@ impl Drop for Member<'_> {
 impl Hub {
     /// An empty hub following the live settings.
     pub fn new(live: watch::Receiver<Arc<Settings>>) -> Self {
-        Self { registry: Registry::default(), live, link: None, pending: DashMap::new() }
+        Self { registry: Registry::default(), live, link: None, pending: DashMap::new(), next_expiry: u64::MAX.into() }
     }
 
     /// A hub whose messages also go to the other nodes of a cluster through `link`.
@@ -108,6 +111,10 @@ impl Hub {
         let generation = Default::default();
         self.registry
             .register(key.clone(), Client { id, gzip: info.gzip, info, queue, control: control.clone(), generation });
+        // After the registration: a sweep that reset the minimum either sees this entry or this.
+        if info.expires != 0 {
+            self.next_expiry.fetch_min(info.expires, Ordering::Relaxed);
+        }
         if let Some(link) = &self.link {
             link.claim(key.clone(), id);
         }
@@ -274,6 +281,24 @@ impl Hub {
         });
     }
 
+    /// Closes (4003) every connection whose token's `exp` is at or before `now` (Unix seconds);
+    /// returns how many it closed. Costs one atomic load while nothing is due.
+    pub fn expire(&self, now: u64) -> usize {
+        if self.next_expiry.load(Ordering::Relaxed) > now {
+            return 0;
+        }
+        // Reset before the walk: a connection joining meanwhile lowers it again.
+        self.next_expiry.store(u64::MAX, Ordering::Relaxed);
+        let (mut closed, mut next) = (0, u64::MAX);
+        self.registry.for_each(|client| match client.info.expires {
+            0 => {}
+            exp if exp <= now => closed += usize::from(client.control.end(Ending::close(Code::TokenExpired))),
+            exp => next = next.min(exp),
+        });
+        self.next_expiry.fetch_min(next, Ordering::Relaxed);
+        closed
+    }
+
     /// Registered connections.
     pub fn len(&self) -> usize {
         self.registry.len()
@@ -310,11 +335,12 @@ mod tests {
             tls: false,
             gzip,
             connected_at: std::time::SystemTime::now(),
+            expires: 0,
         }
     }
 
     fn hub() -> Hub {
-        let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None)));
+        let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None, Default::default())));
         Hub::new(live)
     }
 
@@ -362,7 +388,7 @@ mod tests {
     }
 
     fn clustered() -> Hub {
-        let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None)));
+        let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None, Default::default())));
         let (link, _work) = Link::new("test", &crate::config::Cluster::default(), Default::default());
         Hub::clustered(live, Arc::new(link))
     }

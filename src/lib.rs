@@ -6,7 +6,8 @@
 //! - [`listener`]: accept loop; every accepted socket waits for a place in the connection limit.
 //! - [`tls`]: PEM -> rustls config.
 //! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error; runs
-//!   [`admission`] (per-address and handshake-rate limits, 503) just before the 101.
+//!   [`admission`] (per-address and handshake-rate limits, 503) and [`token`] (the connection
+//!   token's check, 401) just before the 101.
 //! - [`connection`]: one task per connection: handshake, join, reader, writer, close.
 //! - [`hub`]: the only door to delivery: join (a [`hub::Member`] that leaves on drop), publish,
 //!   send to one key, kick, close all; over [`registry`] (one connection per key) and
@@ -46,5 +47,6 @@ pub mod shutdown;
 pub mod signals;
 pub mod state;
 pub mod tls;
+pub mod token;
 pub mod upgrade;
 pub mod writer;

@@ -64,6 +64,9 @@ pub struct Metrics {
     reloads: Family<Outcome, Counter>,
     /// `wscast_tls_cert_not_after_seconds`
     pub tls_cert_not_after: Gauge,
+    tokens_rejected: Family<Reason, Counter>,
+    /// `wscast_token_keys`: keys loaded from `auth.keys`.
+    pub token_keys: Gauge,
     /// The `wscast_broker_*` and `wscast_cluster_*` metrics.
     pub broker: BrokerMetrics,
 }
@@ -160,6 +163,10 @@ impl Metrics {
             "Expiry of the served TLS certificate, Unix seconds (0 without TLS)",
             tls_cert_not_after.clone(),
         );
+        let tokens_rejected = Family::<Reason, Counter>::default();
+        registry.register("tokens_rejected", "Connection tokens refused (401), by reason", tokens_rejected.clone());
+        let token_keys = Gauge::default();
+        registry.register("token_keys", "Keys loaded from auth.keys", token_keys.clone());
         let broker = BrokerMetrics::register(&mut registry);
         let build_info = Family::<Version, Gauge>::default();
         registry.register("build_info", "The running version", build_info.clone());
@@ -183,6 +190,8 @@ impl Metrics {
             slow_consumers,
             reloads,
             tls_cert_not_after,
+            tokens_rejected,
+            token_keys,
             broker,
         }
     }
@@ -200,6 +209,11 @@ impl Metrics {
     /// Counts a handshake that ended without an upgrade.
     pub fn rejected(&self, reason: &str) {
         self.rejected.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+
+    /// Counts a refused connection token (its handshake is counted as `reason="token"` too).
+    pub fn token_rejected(&self, reason: &'static str) {
+        self.tokens_rejected.get_or_create(&Reason { reason: reason.into() }).inc();
     }
 
     /// Counts an ended connection by its close code (`None`: the peer vanished).

@@ -23,6 +23,8 @@ pub struct ClientInfo {
     pub gzip: bool,
     /// When its upgrade completed.
     pub connected_at: std::time::SystemTime,
+    /// Its token's `exp` (seconds since the Unix epoch); 0 without a token.
+    pub expires: u64,
 }
 
 /// A registered connection as the fan-out sees it.
@@ -148,6 +150,7 @@ mod tests {
             tls: false,
             gzip,
             connected_at: std::time::SystemTime::UNIX_EPOCH,
+            expires: 0,
         };
         let generation = AtomicU64::new(0);
         (Client { id: reg.next_id(), gzip, info, queue, control: control.clone(), generation }, control)

@@ -2,6 +2,7 @@
 //! validated config and published through one watch channel. Each new connection takes the
 //! current value; open connections keep theirs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_rustls::TlsAcceptor;
@@ -9,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admission::Limits;
 use crate::config::Config;
+use crate::token::Tokens;
 use crate::upgrade::Policy;
 
 /// Incoming buffer per connection: small, since most clients are idle most of the time.
@@ -41,6 +43,8 @@ pub struct Settings {
     pub message_rate: Option<(f64, f64)>,
     /// `websocket.gzip_level`
     pub gzip_level: u32,
+    /// `[auth]`: the keys and whether a token is required.
+    pub tokens: Arc<Tokens>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -53,8 +57,8 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
-    /// Derives the settings from a validated config and its loaded TLS acceptor.
-    pub fn new(config: &Config, tls: Option<TlsAcceptor>) -> Self {
+    /// Derives the settings from a validated config, its loaded TLS acceptor and token keys.
+    pub fn new(config: &Config, tls: Option<TlsAcceptor>, tokens: Arc<Tokens>) -> Self {
         let max = config.websocket.max_message_bytes();
         // tungstenite only reads (its replies go to our writer), so only its read side matters.
         let websocket = WebSocketConfig::default()
@@ -82,6 +86,7 @@ impl Settings {
                 (rate, if w.message_burst == 0 { rate } else { f64::from(w.message_burst) })
             }),
             gzip_level: w.gzip_level,
+            tokens,
         }
     }
 }

@@ -27,6 +27,26 @@ pub struct ClientParams {
     pub key: Box<str>,
     /// Whether it wants broadcasts as gzip Binary frames.
     pub gzip: bool,
+    /// Its connection token (`token=` or `Authorization: Bearer`), if it sent one.
+    pub token: Option<Token>,
+}
+
+/// A connection token as the client sent it. It prints as `Token(..)`: whatever logs a request's
+/// parameters never writes a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Box<str>);
+
+impl Token {
+    /// The token's text, for the verifier only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 /// What the daemon accepts, from the current config.
@@ -65,6 +85,7 @@ impl Rejection {
             StatusCode::UPGRADE_REQUIRED => "not_websocket",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "too_large",
             StatusCode::SERVICE_UNAVAILABLE => "limit",
+            StatusCode::UNAUTHORIZED => "token",
             _ => "bad_request",
         }
     }
@@ -312,7 +333,16 @@ pub fn check(head: &[u8], policy: &Policy) -> Result<(ClientParams, String), Rej
             }
         }
     }
-    let params = parse_query(query).map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason))?;
+    let mut params = parse_query(query).map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason))?;
+    if let Some(bearer) = bearer(&req) {
+        if params.token.is_some() {
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "the token is given twice: send it as token= in the URL or in an Authorization header, not both",
+            ));
+        }
+        params.token = Some(Token(bearer.into()));
+    }
     Ok((params, derive_accept_key(key.as_bytes())))
 }
 
@@ -349,6 +379,15 @@ fn upgrade_headers<'h>(req: &httparse::Request<'_, 'h>, hint: &str) -> Result<&'
     )
 }
 
+/// The token of an `Authorization: Bearer` header (RFC 6750 2.1), if there is one. Other schemes
+/// (a proxy's Basic credentials) are not ours and are ignored.
+fn bearer<'h>(req: &httparse::Request<'_, 'h>) -> Option<&'h str> {
+    let value = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("Authorization"))?.value;
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim())
+}
+
 /// The origin form (`/path?query`) of a request target; the absolute form
 /// (`http://host/path?query`, RFC 9112 3.2.2) is one a server must accept too.
 fn origin_form(target: &str) -> &str {
@@ -377,6 +416,7 @@ fn is_websocket_key(key: &str) -> bool {
 pub fn parse_query(query: &str) -> Result<ClientParams, String> {
     let mut key: Option<String> = None;
     let mut gzip: Option<bool> = None;
+    let mut token: Option<Token> = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
@@ -396,10 +436,22 @@ pub fn parse_query(query: &str) -> Result<ClientParams, String> {
                     other => return Err(format!("support_gzip must be 1 or 0, not {other:?}")),
                 });
             }
+            "token" => {
+                if token.is_some() {
+                    return Err("token is given more than once".into());
+                }
+                token = Some(Token(decode(value).map_err(|e| format!("token {e}"))?.into_boxed_str()));
+            }
             _ => {}
         }
     }
     let key = key.ok_or("specialKey is required: add ?specialKey=YOUR_KEY to the URL")?;
+    check_key(&key)?;
+    Ok(ClientParams { key: key.into_boxed_str(), gzip: gzip.unwrap_or(false), token })
+}
+
+/// The rules of a `specialKey` (also for the keys the admin API mints tokens for).
+pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("specialKey must not be empty".into());
     }
@@ -409,7 +461,7 @@ pub fn parse_query(query: &str) -> Result<ClientParams, String> {
     if key.chars().any(char::is_control) {
         return Err("specialKey must not contain control characters".into());
     }
-    Ok(ClientParams { key: key.into_boxed_str(), gzip: gzip.unwrap_or(false) })
+    Ok(())
 }
 
 /// Percent-decodes a query value, `+` meaning space as in Go's `url.ParseQuery`.
@@ -433,7 +485,7 @@ mod tests {
 
     #[test]
     fn query_table() {
-        let ok = |key: &str, gzip| Ok(ClientParams { key: key.into(), gzip });
+        let ok = |key: &str, gzip| Ok(ClientParams { key: key.into(), gzip, token: None });
         let long = "k".repeat(MAX_KEY_LEN);
         let too_long = format!("specialKey={}", "k".repeat(MAX_KEY_LEN + 1));
         let cases: Vec<(&str, Result<ClientParams, &str>)> = vec![
@@ -457,6 +509,8 @@ mod tests {
             ("specialKey=a&support_gzip=yes", Err("must be 1 or 0")),
             ("specialKey=a&support_gzip=", Err("must be 1 or 0")),
             ("specialKey=a&support_gzip=1&support_gzip=1", Err("more than once")),
+            ("specialKey=a&token=x&token=y", Err("token is given more than once")),
+            ("specialKey=a&token=%zz", Err("token has a bad percent-escape")),
         ];
         for (query, expected) in cases {
             match (parse_query(query), expected) {
@@ -466,6 +520,21 @@ mod tests {
             }
         }
         assert_eq!(parse_query(&format!("specialKey={long}")).unwrap().key.len(), MAX_KEY_LEN);
+        let with_token = parse_query("specialKey=a&token=h.p.s").unwrap();
+        assert_eq!(with_token.token.as_ref().map(Token::expose), Some("h.p.s"));
+        assert_eq!(format!("{with_token:?}").matches("h.p.s").count(), 0, "a token never prints");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_query_or_a_bearer_header_but_not_both() {
+        let any = policy(&[]);
+        let token = |head: &[u8]| check(head, &any).map(|(p, _)| p.token.map(|t| t.expose().to_string()));
+        assert_eq!(token(&request("/?specialKey=a&token=q.q.q", "")), Ok(Some("q.q.q".into())));
+        assert_eq!(token(&request("/?specialKey=a", "Authorization: Bearer h.h.h\r\n")), Ok(Some("h.h.h".into())));
+        assert_eq!(token(&request("/?specialKey=a", "authorization: bearer  h.h.h \r\n")), Ok(Some("h.h.h".into())));
+        assert_eq!(token(&request("/?specialKey=a", "Authorization: Basic dTpw\r\n")), Ok(None), "not ours");
+        let both = check(&request("/?specialKey=a&token=q.q.q", "Authorization: Bearer h.h.h\r\n"), &any);
+        assert!(both.unwrap_err().reason.contains("given twice"));
     }
 
     #[test]

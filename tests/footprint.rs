@@ -20,7 +20,7 @@ async fn connection_futures_stay_small() {
     let serve = wscast::connection::serve(connect(), "127.0.0.1:1".parse().unwrap(), ctx.clone());
     println!("serve future: {} bytes", size_of_val(&serve));
     assert!(size_of_val(&serve) <= 512, "serve future is {} bytes", size_of_val(&serve));
-    let settings = wscast::settings::Settings::new(&common::config(), None);
+    let settings = wscast::settings::Settings::new(&common::config(), None, Default::default());
     let run = wscast::connection::handshake_and_run(
         connect(),
         "127.0.0.1:1".parse().unwrap(),
