@@ -349,6 +349,27 @@ mod tests {
     }
 
     #[test]
+    fn expiry_closes_only_the_connections_whose_exp_has_come() {
+        let hub = hub();
+        let with_exp = |exp| ClientInfo { expires: exp, ..info(false) };
+        let soon = hub.join("soon".into(), with_exp(100), 4);
+        let later = hub.join("later".into(), with_exp(200), 4);
+        let never = hub.join("never".into(), info(false), 4);
+        assert_eq!(hub.expire(99), 0);
+        assert_eq!(hub.expire(100), 1, "at exp, not after it");
+        assert_eq!(soon.control.ending().and_then(Ending::code), Some(Code::TokenExpired));
+        assert_eq!(later.control.ending(), None);
+        assert_eq!(hub.next_expiry.load(Ordering::Relaxed), 200, "the next walk waits for the next exp");
+        assert_eq!(hub.expire(150), 0);
+        let sooner = hub.join("sooner".into(), with_exp(120), 4);
+        assert_eq!(hub.expire(120), 1, "a join lowers the next walk's time");
+        assert_eq!(sooner.control.ending().and_then(Ending::code), Some(Code::TokenExpired));
+        assert_eq!(hub.expire(1000), 1);
+        assert_eq!(never.control.ending(), None, "no token, no expiry");
+        assert_eq!(hub.next_expiry.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    #[test]
     fn a_member_leaves_on_drop_and_never_removes_its_successor() {
         let hub = hub();
         let first = hub.join("k".into(), info(false), 4);

@@ -469,3 +469,109 @@ fn jwk_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
         _ => Err("a key type wscast does not verify (RSA, EC P-256, Ed25519 and oct are)".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn auth(keys: Vec<PathBuf>) -> Auth {
+        Auth { mode: AuthMode::Jwt, keys, ..Auth::default() }
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn minted_tokens_verify_for_their_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens =
+            Tokens::load(&auth(vec![write(dir.path(), "current.secret", &format!("{SECRET}\n"), 0o600)])).unwrap();
+        let minted = tokens.mint("alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(minted.kid.as_deref(), Some("current"), "the file name is the kid");
+        assert_eq!(tokens.verify(&minted.token, "alice"), Ok(Verified { expires: minted.expires }));
+        assert_eq!(tokens.verify(&minted.token, "bob"), Err(Refusal::OtherKey));
+        assert_eq!(tokens.verify(&"x".repeat(MAX_TOKEN + 1), "alice"), Err(Refusal::TooLarge));
+        assert_eq!(tokens.verify("a.b", "alice"), Err(Refusal::Malformed));
+        // The secret is the file without its newline: a file without one gives the same key.
+        let bare = Tokens::load(&auth(vec![write(dir.path(), "current2.secret", SECRET, 0o600)])).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("current2".into());
+        let claims = NewClaims { sub: "alice", exp: unix_now() + 60, iat: 0, aud: None, iss: None };
+        let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        assert!(bare.verify(&token, "alice").is_ok());
+        assert_eq!(tokens.verify(&token, "alice"), Err(Refusal::UnknownKeyId));
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_only_when_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "s", SECRET, 0o600);
+        let open = Tokens::load(&auth(vec![file.clone()])).unwrap();
+        let strict =
+            Tokens::load(&Auth { audience: "chat".into(), issuer: "backend".into(), ..auth(vec![file]) }).unwrap();
+        let minted = strict.mint("alice", Duration::from_secs(60)).unwrap();
+        assert!(strict.verify(&minted.token, "alice").is_ok(), "minted tokens carry aud and iss");
+        assert!(open.verify(&minted.token, "alice").is_ok(), "aud and iss not configured: not checked");
+        let plain = open.mint("alice", Duration::from_secs(60)).unwrap();
+        let file = dir.path().join("s");
+        let audience = Tokens::load(&Auth { audience: "chat".into(), ..auth(vec![file.clone()]) }).unwrap();
+        let issuer = Tokens::load(&Auth { issuer: "backend".into(), ..auth(vec![file]) }).unwrap();
+        assert_eq!(audience.verify(&plain.token, "alice"), Err(Refusal::Audience));
+        assert_eq!(issuer.verify(&plain.token, "alice"), Err(Refusal::Issuer));
+    }
+
+    #[test]
+    fn key_files_that_cannot_be_used_are_named_with_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let oct = r#"{"keys": [{"kty": "oct", "kid": "o", "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+        let cases = [
+            (write(d, "open.secret", SECRET, 0o644), "readable by everyone (mode 0644)"),
+            (write(d, "short.secret", "abc\n", 0o600), "at least 32 bytes, this one is 3"),
+            (write(d, "open-oct.json", oct, 0o644), "readable by everyone"),
+            (write(d, "garbage.json", "{", 0o644), "not a JWK Set"),
+            (write(d, "empty.json", r#"{"keys": []}"#, 0o644), "holds no signing key"),
+            (
+                write(d, "bad.pem", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", 0o644),
+                "does not parse",
+            ),
+            (
+                write(d, "cert.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", 0o644),
+                "BEGIN PUBLIC KEY",
+            ),
+        ];
+        for (path, problem) in cases {
+            let e = Tokens::load(&auth(vec![path.clone()])).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("auth.keys = {path:?} is not valid: ")), "{e}");
+            assert!(e.contains(problem), "{e} lacks {problem:?}");
+        }
+        let oct_ok = write(d, "oct.json", oct, 0o600);
+        let tokens = Tokens::load(&auth(vec![oct_ok.clone()])).unwrap();
+        assert_eq!(tokens.key_count(), 1);
+        let e = Tokens::load(&auth(vec![oct_ok, write(d, "o.secret", SECRET, 0o600)])).unwrap_err().to_string();
+        assert!(e.contains("key id \"o\" is given by another key too"), "{e}");
+    }
+
+    #[test]
+    fn alg_none_and_unknown_algorithms_are_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::load(&auth(vec![write(dir.path(), "s", SECRET, 0o600)])).unwrap();
+        let b64 = |s: &str| data_encoding::BASE64URL_NOPAD.encode(s.as_bytes());
+        let payload = b64(&format!(r#"{{"sub":"alice","exp":{}}}"#, unix_now() + 60));
+        for alg in ["none", "None", "HS1024"] {
+            let token = format!("{}.{payload}.", b64(&format!(r#"{{"alg":"{alg}"}}"#)));
+            assert_eq!(tokens.verify(&token, "alice"), Err(Refusal::Algorithm), "{alg}");
+        }
+        // A known algorithm that no configured key has.
+        let token = format!("{}.{payload}.c2ln", b64(r#"{"alg":"RS256"}"#));
+        assert_eq!(tokens.verify(&token, "alice"), Err(Refusal::WrongAlgorithm));
+    }
+}
