@@ -59,6 +59,8 @@ pub struct AdminState {
     pub node: String,
     /// The public listener's URL, prefilled in the demo page (`ws://127.0.0.1:8888`).
     pub public_url: String,
+    /// `http://` and the first admin address, for the demo page's hint on minting tokens.
+    pub admin_url: String,
     /// A CPU profile is being taken (one at a time).
     pub profiling: AtomicBool,
 }
@@ -204,7 +206,12 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 fn demo(state: &AdminState) -> Response<Full<Bytes>> {
-    let page = DEMO_PAGE.replace("__WSCAST_URL__", &state.public_url);
+    let auth = if state.ctx.live.borrow().tokens.required() { "jwt" } else { "none" };
+    let admin = state.admin_url.as_str();
+    let page = DEMO_PAGE
+        .replace("__WSCAST_URL__", &state.public_url)
+        .replace("__WSCAST_AUTH__", auth)
+        .replace("__WSCAST_ADMIN__", admin);
     let mut r = Response::new(Full::new(Bytes::from(page)));
     let headers = r.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

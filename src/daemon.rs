@@ -150,7 +150,7 @@ impl Daemon {
             .iter()
             .map(|&addr| admin::bind(addr).map_err(|err| StartError::AdminBind { addr, err }))
             .collect::<Result<Vec<_>, _>>()?;
-        let admin_addrs = admin.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let admin_addrs: Vec<SocketAddr> = admin.iter().filter_map(|l| l.local_addr().ok()).collect();
         let metrics = Metrics::new();
         let tokens = tokens(&config, &metrics)?;
         let acceptor = acceptor(loaded, &metrics);
@@ -181,6 +181,7 @@ impl Daemon {
             token,
             node,
             public_url,
+            admin_url: admin_addrs.first().map(|a| format!("http://{a}")).unwrap_or_default(),
             profiling: Default::default(),
         });
         Ok(Self {

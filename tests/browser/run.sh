@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The browser test: a real wscast (release build) on ws and on wss with a test CA that Chromium
 # trusts through its NSS database, and headless Chromium driven by playwright-core (run.mjs);
-# then the admin listener's demo page, two pages chatting (one with gzip).
+# then the admin listener's demo page, two pages chatting (one with gzip). Connection tokens are
+# on for both daemons (auth.mode = "jwt", one HMAC secret): the pages connect with tokens minted
+# by the admin API, and a page without one is refused.
 # Needs: chromium, libnss3-tools (certutil), openssl, node and npm.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -36,11 +38,18 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 WS_PORT=$(port)
 WSS_PORT=$(port)
 ADMIN_PORT=$(port)
+ADMIN_TOKEN=browser-test-admin-token
+(umask 077 && openssl rand -hex 32 >"$WORK/token-secret" && echo "$ADMIN_TOKEN" >"$WORK/admin-token")
+AUTH="[auth]
+mode = \"jwt\"
+keys = [\"$WORK/token-secret\"]"
 cat >"$WORK/ws.toml" <<EOT
 [server]
 listen = ["127.0.0.1:$WS_PORT"]
 [admin]
 listen = ["127.0.0.1:$ADMIN_PORT"]
+token_file = "$WORK/admin-token"
+$AUTH
 EOT
 cat >"$WORK/wss.toml" <<EOT
 [server]
@@ -49,6 +58,7 @@ listen = ["127.0.0.1:$WSS_PORT"]
 enabled = true
 cert = "$WORK/cert.pem"
 key = "$WORK/key.pem"
+$AUTH
 EOT
 "$BIN" --config "$WORK/ws.toml" 2>"$WORK/ws.log" &
 PIDS+=($!)
@@ -57,6 +67,15 @@ PIDS+=($!)
 for p in $WS_PORT $WSS_PORT $ADMIN_PORT; do
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.05; done
 done
+
+# A token for each key the pages use, minted by the admin API (both daemons share the secret).
+TOKENS={
+for key in browser-plain browser-gzip demo-plain demo-gzip; do
+    minted=$(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+        --data "{\"key\": \"$key\", \"ttl\": \"10m\"}" "http://127.0.0.1:$ADMIN_PORT/v1/tokens")
+    TOKENS="$TOKENS\"$key\": $minted,"
+done
+export TOKENS="${TOKENS%,}}"
 
 # The demo page of the admin listener, in two pages; its screenshot lands in CI's log folder.
 mkdir -p "$ROOT/target/ci"
