@@ -31,7 +31,7 @@ def wait_port(port, timeout=10):
 
 
 class Server:
-    def __init__(self, kind, tmp, tls=False, admin=False):
+    def __init__(self, kind, tmp, tls=False, admin=False, auth=None):
         self.kind, self.port = kind, 8890 if kind == "baseline" else 8888
         if kind == "baseline":
             cmd = [f"{BIN}/wscast-bench", "baseline", "--listen", f"127.0.0.1:{self.port}"]
@@ -46,6 +46,8 @@ class Server:
                     f.write(f'[admin]\nlisten = ["127.0.0.1:{ADMIN_PORT}"]\ntoken_file = "{token}"\n')
                 if tls:
                     f.write(f'[tls]\nenabled = true\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n')
+                if auth:
+                    f.write(f'[auth]\nmode = "jwt"\nkeys = ["{token_keys(tmp, auth)[1]}"]\n')
             cmd = [f"{BIN}/wscast", "--config", cfg]
         self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
@@ -84,15 +86,33 @@ def certs(tmp):
         "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", f"{tmp}/cert.pem")
 
 
-def figure(rows, name, kind, tls, key, unit, *args, admin=False):
+def token_keys(tmp, alg):
+    """(what the bench signs with, what the daemon verifies with) for HS256 or ES256."""
+    if alg == "HS256":
+        secret = f"{tmp}/token.secret"
+        if not os.path.exists(secret):
+            with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+        return secret, secret
+    private, public = f"{tmp}/token-ec.key", f"{tmp}/token-ec.pem"
+    if not os.path.exists(public):
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+        run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", private)
+        run("openssl", "pkey", "-in", private, "-pubout", "-out", public)
+    return private, public
+
+
+def figure(rows, name, kind, tls, key, unit, *args, admin=False, auth=None):
     values = []
     for _ in range(RUNS):
         with tempfile.TemporaryDirectory() as tmp:
             if tls:
                 certs(tmp)
-            s = Server(kind, tmp, tls, admin)
+            s = Server(kind, tmp, tls, admin, auth)
             try:
                 extra = ["--admin", f"127.0.0.1:{ADMIN_PORT}", "--token-file", f"{tmp}/admin-token"] if admin else []
+                if auth:
+                    extra += ["--sign-with", token_keys(tmp, auth)[0], "--alg", auth]
                 r = bench(s, tmp, *args, *extra)
             finally:
                 s.stop()
@@ -128,6 +148,10 @@ def main():
     for kind in ("wscast", "baseline"):
         figure(rows, "connects/s (plain)", kind, False, "connections/s", "conn/s",
                "connect", "--duration", secs)
+    # Connection tokens against none, in the same run: the verifying is the daemon's cost.
+    for alg in ("HS256", "ES256"):
+        figure(rows, f"connects/s (plain, {alg} token)", "wscast", False, "connections/s", "conn/s",
+               "connect", "--duration", secs, auth=alg)
     figure(rows, f"admin API: POST /v1/publish into {fan_n} clients (half gzip), 4 keep-alive connections, 64 B",
            "wscast", False, "publishes/s", "publishes/s", "publish", "--clients", fan_n, "--duration", secs, admin=True)
     figure(rows, "connects/s (TLS)", "wscast", True, "connections/s", "conn/s", "connect", "--duration", secs)

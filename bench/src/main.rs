@@ -7,6 +7,7 @@ mod baseline;
 mod client;
 mod publish;
 mod sys;
+mod tokens;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -95,6 +96,13 @@ enum Mode {
         concurrency: usize,
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+        /// Connect with connection tokens signed with this key file (an HMAC secret for HS256,
+        /// a PEM private key for ES256), made before the clock starts.
+        #[arg(long, value_name = "FILE")]
+        sign_with: Option<std::path::PathBuf>,
+        /// The tokens' algorithm: HS256 or ES256.
+        #[arg(long, default_value = "HS256")]
+        alg: String,
     },
     /// POST /v1/publish over keep-alive connections of the admin API into N reading clients.
     Publish {
@@ -155,7 +163,13 @@ fn main() {
                 publish::run(&server, load, secs(duration)).await
             }
             Mode::Idle { server, clients, duration } => idle(&server, clients, secs(duration)).await,
-            Mode::Connect { server, concurrency, duration } => connect(&server, concurrency, secs(duration)).await,
+            Mode::Connect { server, concurrency, duration, sign_with, alg } => {
+                let tokens = match &sign_with {
+                    Some(file) => Some(tokens::sign(file, &alg, TOKEN_KEYS)?),
+                    None => None,
+                };
+                connect(&server, concurrency, secs(duration), tokens).await
+            }
             Mode::Baseline { .. } => unreachable!(),
         }
     });
@@ -538,7 +552,16 @@ async fn hold(mut stream: Stream) {
     }
 }
 
-async fn connect(server: &Server, concurrency: usize, duration: Duration) -> Result<(), String> {
+/// Keys the connect benchmark cycles through when it uses tokens (one token signed for each).
+const TOKEN_KEYS: usize = 20_000;
+
+async fn connect(
+    server: &Server,
+    concurrency: usize,
+    duration: Duration,
+    tokens: Option<Vec<String>>,
+) -> Result<(), String> {
+    let tokens = Rc::new(tokens);
     let target = Rc::new(Target::new(&server.url, server.ca.as_deref())?);
     let done = Rc::new(AtomicU64::new(0));
     let failed = Rc::new(AtomicU64::new(0));
@@ -549,10 +572,16 @@ async fn connect(server: &Server, concurrency: usize, duration: Duration) -> Res
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (target, done, failed, next) = (target.clone(), done.clone(), failed.clone(), next.clone());
+        let tokens = tokens.clone();
         workers.push(tokio::task::spawn_local(async move {
             while Instant::now() < deadline {
                 let i = next.fetch_add(1, Relaxed) as usize;
-                match client::connect(&target, i, &format!("k{i}"), false).await {
+                // The token rides in the query after the key, as a browser would send it.
+                let key = match tokens.as_ref() {
+                    Some(t) => format!("t{}&token={}", i % t.len(), t[i % t.len()]),
+                    None => format!("k{i}"),
+                };
+                match client::connect(&target, i, &key, false).await {
                     Ok((stream, _)) => {
                         done.fetch_add(1, Relaxed);
                         drop(stream);
@@ -568,8 +597,9 @@ async fn connect(server: &Server, concurrency: usize, duration: Duration) -> Res
         let _ = w.await;
     }
     let secs = duration.as_secs_f64();
+    let with = tokens.as_ref().as_ref().map_or(String::new(), |t| format!(" tokens={}", t.len()));
     println!(
-        "connect {}: concurrency={concurrency} duration={secs:.1}s connections/s={:.0} ok={} failed={}",
+        "connect {}{with}: concurrency={concurrency} duration={secs:.1}s connections/s={:.0} ok={} failed={}",
         server.url,
         done.load(Relaxed) as f64 / secs,
         done.load(Relaxed),

@@ -22,6 +22,8 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::config::{Auth, AuthMode};
 
+mod ring;
+
 /// Longest token looked at; a longer one is refused before anything is decoded.
 pub const MAX_TOKEN: usize = 4096;
 /// Shortest HMAC secret accepted: RFC 7518 3.2 asks for a key as long as the hash (256 bits).
@@ -208,6 +210,7 @@ impl Tokens {
     /// Reads and checks every key file of `auth`. Keys are loaded even with `mode = "none"`,
     /// so tokens can be minted (and clients moved to them) before they are required.
     pub fn load(auth: &Auth) -> Result<Self, KeyError> {
+        ring::install();
         let mut keys = Vec::new();
         for path in &auth.keys {
             for key in load_file(path)? {
