@@ -8,8 +8,10 @@ cert HOST PORT --ca CA           prints the sha256 of the certificate the server
 loop URL SECONDS                 connects and disconnects in a loop; prints attempts, refused, failed
 profile URL ADMIN SECONDS        a CPU profile over the admin API during a fan-out to 50 clients;
                                  prints the wscast functions of the data path it names
+token URL ADMIN [--ca CA]        with auth.mode = "jwt": no token is refused with 401, a token
+                                 minted by POST /v1/tokens lets a client in and receive
 """
-import argparse, asyncio, gzip, hashlib, socket, ssl, sys, time, urllib.request
+import argparse, asyncio, gzip, hashlib, json, socket, ssl, sys, time, urllib.request
 import websockets
 
 TIMEOUT = 10
@@ -132,6 +134,24 @@ async def profile(a):
     print(f"OK profile {len(data)} bytes during {sent} messages names {' '.join(named)}")
 
 
+async def token(a):
+    try:
+        await connect(a.url, "probe-token", False, a.ca)
+        raise AssertionError("a client without a token was let in")
+    except websockets.exceptions.InvalidStatusCode as e:
+        assert e.status_code == 401, e
+    admin_token = open("/etc/wscast/admin-token").read().strip()
+    req = urllib.request.Request(f"http://{a.admin}/v1/tokens", data=json.dumps({"key": "probe-token"}).encode(),
+                                 headers={"Authorization": "Bearer " + admin_token, "Content-Type": "application/json"})
+    minted = json.load(urllib.request.urlopen(req, timeout=TIMEOUT))
+    ws = await asyncio.wait_for(websockets.connect(f"{a.url}/?specialKey=probe-token&token={minted['token']}",
+                                                   ssl=context(a.ca), open_timeout=TIMEOUT), TIMEOUT)
+    await ws.send("with a minted token")
+    assert await receive(ws, False) == "with a minted token"
+    await ws.close()
+    print(f"OK token: 401 without one, in with one minted by the admin API (kid {minted['kid']})")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -150,6 +170,10 @@ def main():
     s = sub.add_parser("loop")
     s.add_argument("url")
     s.add_argument("seconds", type=float)
+    s = sub.add_parser("token")
+    s.add_argument("url")
+    s.add_argument("admin")
+    s.add_argument("--ca")
     s = sub.add_parser("profile")
     s.add_argument("url")
     s.add_argument("admin")
@@ -158,7 +182,7 @@ def main():
     if a.cmd == "cert":
         cert(a)
     else:
-        asyncio.run({"exchange": exchange, "send": send, "hold": hold, "loop": loop, "profile": profile}[a.cmd](a))
+        asyncio.run({"exchange": exchange, "send": send, "hold": hold, "loop": loop, "profile": profile, "token": token}[a.cmd](a))
 
 
 if __name__ == "__main__":
