@@ -97,25 +97,24 @@ where
         }
     };
     // Held for the connection's life: its place in the per-address count, and in the counts.
-    let (_slot, expires) = upgraded.admitted;
+    let upgrade::Upgraded { stream, tail, params, admitted: (_slot, expires) } = upgraded;
+    // Taken apart here so that nothing of the request (the token least of all) stays in the
+    // state every open connection keeps.
+    let ClientParams { key, gzip, token } = params;
+    drop(token);
     let _client = ctx.shutdown.client();
     ctx.metrics.accepted.inc();
     let _counted = Counted::new(&ctx.metrics, settings.tls.is_some());
-    tracing::Span::current().record("key", &*upgraded.params.key);
-    let info = ClientInfo {
-        peer,
-        tls: settings.tls.is_some(),
-        gzip: upgraded.params.gzip,
-        connected_at: std::time::SystemTime::now(),
-        expires,
-    };
-    let run = Box::pin(run_client(upgraded.stream, upgraded.tail, upgraded.params.key, info, settings, ctx));
+    tracing::Span::current().record("key", &*key);
+    let info =
+        ClientInfo { peer, tls: settings.tls.is_some(), gzip, connected_at: std::time::SystemTime::now(), expires };
+    let run = Box::pin(run_client(stream, tail, key, info, settings, ctx));
     run.await
 }
 
 /// The connection token's check when `[auth]` requires one: the token's `exp` (0 when none is
 /// required), or the 401. Neither the answer nor the metric holds any part of the token.
-fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> Result<u64, Rejection> {
+fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> Result<u32, Rejection> {
     let tokens = &settings.tokens;
     if !tokens.required() {
         return Ok(0);
@@ -124,7 +123,8 @@ fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> R
         Some(token) => tokens.verify(token.expose(), &params.key),
         None => Err(Refusal::Missing),
     };
-    verified.map(|v| v.expires).map_err(|refusal| {
+    // An `exp` past 2106 does not fit: such a token counts as never expiring.
+    verified.map(|v| u32::try_from(v.expires).unwrap_or(u32::MAX)).map_err(|refusal| {
         metrics.token_rejected(refusal.label());
         let mut r = Rejection::new(StatusCode::UNAUTHORIZED, refusal.reason());
         r.header = Some(("WWW-Authenticate", "Bearer".into()));

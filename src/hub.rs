@@ -113,7 +113,7 @@ impl Hub {
             .register(key.clone(), Client { id, gzip: info.gzip, info, queue, control: control.clone(), generation });
         // After the registration: a sweep that reset the minimum either sees this entry or this.
         if info.expires != 0 {
-            self.next_expiry.fetch_min(info.expires, Ordering::Relaxed);
+            self.next_expiry.fetch_min(u64::from(info.expires), Ordering::Relaxed);
         }
         if let Some(link) = &self.link {
             link.claim(key.clone(), id);
@@ -290,7 +290,7 @@ impl Hub {
         // Reset before the walk: a connection joining meanwhile lowers it again.
         self.next_expiry.store(u64::MAX, Ordering::Relaxed);
         let (mut closed, mut next) = (0, u64::MAX);
-        self.registry.for_each(|client| match client.info.expires {
+        self.registry.for_each(|client| match u64::from(client.info.expires) {
             0 => {}
             exp if exp <= now => closed += usize::from(client.control.end(Ending::close(Code::TokenExpired))),
             exp => next = next.min(exp),

@@ -29,5 +29,6 @@ async fn connection_futures_stay_small() {
         &ctx,
     );
     println!("handshake_and_run future: {} bytes", size_of_val(&run));
-    assert!(size_of_val(&run) <= 2048, "handshake_and_run future is {} bytes", size_of_val(&run));
+    // 216-224 bytes today; what outlives the upgrade (a request's leftovers, say a token) shows here.
+    assert!(size_of_val(&run) <= 320, "handshake_and_run future is {} bytes", size_of_val(&run));
 }
