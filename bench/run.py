@@ -102,8 +102,13 @@ def token_keys(tmp, alg):
     return private, public
 
 
-def figure(rows, name, kind, tls, key, unit, *args, admin=False, auth=None):
-    values = []
+US_PER_FRAME = (("server_us_per_frame", "us/frame", "server CPU per delivered frame"),)
+
+
+def figure(rows, name, kind, tls, key, unit, *args, admin=False, auth=None, extra=()):
+    """Runs one figure RUNS times; `extra` adds rows for more keys of the same runs."""
+    keys = [(name, key, unit)] + [(f"{name}: {label}", k, u) for k, u, label in extra]
+    values = {k: [] for _, k, _ in keys}
     for _ in range(RUNS):
         with tempfile.TemporaryDirectory() as tmp:
             if tls:
@@ -116,11 +121,13 @@ def figure(rows, name, kind, tls, key, unit, *args, admin=False, auth=None):
                 r = bench(s, tmp, *args, *extra)
             finally:
                 s.stop()
-        if key in r:
-            values.append(float(r[key]))
-    med = statistics.median(values) if values else None
-    rows.append((name, kind + (" wss" if tls else ""), med, unit, values))
-    return med
+        for _, k, _ in keys:
+            if k in r:
+                values[k].append(float(r[k]))
+    for n, k, u in keys:
+        med = statistics.median(values[k]) if values[k] else None
+        rows.append((n, kind + (" wss" if tls else ""), med, u, values[k]))
+    return statistics.median(values[key]) if values[key] else None
 
 
 def main():
@@ -136,15 +143,25 @@ def main():
            "idle", "--clients", idle_n, "--duration", "2")
     for kind in ("wscast", "baseline"):
         figure(rows, f"fan-out {fan_n} clients (half gzip), 1 sender, 64 B", kind, False, "frames/s", "frames/s",
-               "fanout", "--clients", fan_n, "--senders", "1", "--duration", secs)
+               "fanout", "--clients", fan_n, "--senders", "1", "--duration", secs, extra=US_PER_FRAME)
     figure(rows, f"fan-out {fan_n} clients (half gzip), 1 sender, 64 B", "wscast", True, "frames/s", "frames/s",
-           "fanout", "--clients", fan_n, "--senders", "1", "--duration", secs)
+           "fanout", "--clients", fan_n, "--senders", "1", "--duration", secs, extra=US_PER_FRAME)
     for kind in ("wscast", "baseline"):
         figure(rows, f"fan-out {fan_n} clients, 10 senders, 64 B", kind, False, "frames/s", "frames/s",
-               "fanout", "--clients", fan_n, "--senders", "10", "--duration", secs)
+               "fanout", "--clients", fan_n, "--senders", "10", "--duration", secs, extra=US_PER_FRAME)
+    # A message is done only once every client has it (window 32): no deep queues to hide the
+    # per-message cost. And the trickle: many senders, an open loop, a few frames per wake-up.
+    for tls in (False, True):
+        figure(rows, f"all-receivers window 32: {fan_n} clients (half gzip), 1 sender, 64 B", "wscast", tls,
+               "frames/s", "frames/s", "fanout", "--clients", fan_n, "--all-receivers", "--window", "32",
+               "--duration", secs, extra=US_PER_FRAME)
+    figure(rows, f"trickle: {fan_n} clients (half gzip), 100 senders, 2,000 msg/s in all, 64 B: server CPU", "wscast",
+           False, "server_cpu", "%", "fanout", "--clients", fan_n, "--senders", "100", "--rate", "2000",
+           "--duration", secs, extra=(("frames/s", "frames/s", "delivered"),) + US_PER_FRAME)
     for kind in ("wscast", "baseline"):
         figure(rows, "latency: 100 clients, 1,000 msg/s, p99", kind, False, "p99", "us",
-               "fanout", "--clients", "100", "--senders", "1", "--rate", "1000", "--duration", secs)
+               "fanout", "--clients", "100", "--senders", "1", "--rate", "1000", "--duration", secs,
+               extra=US_PER_FRAME)
     for kind in ("wscast", "baseline"):
         figure(rows, "connects/s (plain)", kind, False, "connections/s", "conn/s",
                "connect", "--duration", secs)
@@ -172,8 +189,9 @@ def main():
     print(f"\n| figure | server | median of {RUNS} | unit | runs |")
     print("|---|---|---|---|---|")
     for name, kind, med, unit, values in rows:
-        shown = "n/a" if med is None or med != med else f"{med:,.0f}"
-        print(f"| {name} | {kind} | {shown} | {unit} | {', '.join(f'{v:,.0f}' for v in values)} |")
+        fmt = lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}"
+        shown = "n/a" if med is None or med != med else fmt(med)
+        print(f"| {name} | {kind} | {shown} | {unit} | {', '.join(fmt(v) for v in values)} |")
 
 
 if __name__ == "__main__":

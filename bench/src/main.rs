@@ -5,6 +5,7 @@
 
 mod baseline;
 mod client;
+mod completion;
 mod publish;
 mod sys;
 mod tokens;
@@ -76,6 +77,10 @@ enum Mode {
         /// A second node of the same cluster: clients (senders too) alternate between the two.
         #[arg(long)]
         url2: Option<String>,
+        /// Closed loop with one sender whose window counts a message as done only once every
+        /// client has received it (instead of the sender's own copy).
+        #[arg(long)]
+        all_receivers: bool,
     },
     /// Hold N idle connections; with --server-pid, report the server's RSS per connection.
     Idle {
@@ -152,8 +157,22 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, async move {
         match cli.mode {
-            Mode::Fanout { server, clients, gzip, senders, rate, window, size, duration, stuck, url2 } => {
-                let load = Load { n: clients, gzip, senders, rate, window, size: size.max(28), stuck, url2 };
+            Mode::Fanout {
+                server,
+                clients,
+                gzip,
+                senders,
+                rate,
+                window,
+                size,
+                duration,
+                stuck,
+                url2,
+                all_receivers,
+            } => {
+                let senders = if all_receivers { 1 } else { senders };
+                let load =
+                    Load { n: clients, gzip, senders, rate, window, size: size.max(28), stuck, url2, all_receivers };
                 fanout(&server, load, secs(duration)).await
             }
             Mode::Publish { server, admin, token_file, clients, gzip, connections, size, duration } => {
@@ -241,16 +260,18 @@ struct Load {
     size: usize,
     stuck: usize,
     url2: Option<String>,
+    all_receivers: bool,
 }
 
 async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), String> {
-    let Load { n, gzip: gzip_share, senders, rate, window, size, stuck, url2 } = load;
+    let Load { n, gzip: gzip_share, senders, rate, window, size, stuck, url2, all_receivers } = load;
     let target = Target::new(&server.url, server.ca.as_deref())?;
     let second = url2.as_deref().map(|u| Target::new(u, server.ca.as_deref())).transpose()?;
     let targets: Vec<&Target> = std::iter::once(&target).chain(second.as_ref()).collect();
     let senders = senders.clamp(1, n);
     let fan = Rc::new(Fan::new(size));
     let windows: Vec<Rc<Semaphore>> = (0..senders).map(|_| Rc::new(Semaphore::new(window))).collect();
+    let all = all_receivers.then(|| Rc::new(completion::AllReceivers::new(n, windows[0].clone(), window)));
     let gzip_every = if gzip_share > 0.0 { (1.0 / gzip_share).round().max(1.0) as usize } else { usize::MAX };
     let mut gzip_count = 0;
     let mut writers = Vec::new();
@@ -262,8 +283,9 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
         let (stream, early) =
             client::connect(node, i, &format!("b{i}"), gzip).await.map_err(|e| format!("client {i}: {e}"))?;
         let (reader, writer) = tokio::io::split(stream);
-        let own = windows.get(i).cloned();
-        tokio::task::spawn_local(receive(fan.clone(), reader, early, gzip, i, own));
+        // With the all-receivers window, no client's own copy releases a permit: completion does.
+        let own = if all.is_some() { None } else { windows.get(i).cloned() };
+        tokio::task::spawn_local(receive(fan.clone(), reader, early, gzip, i, own, all.clone()));
         if i < senders {
             writers.push(writer);
         }
@@ -305,6 +327,7 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
         Some(now.saturating_sub(server_cpu?).as_secs_f64() / elapsed.as_secs_f64())
     });
     let delivered_in_time = fan.delivered.load(Relaxed) - delivered0;
+    let completed = all.as_ref().map(|a| a.done());
     for t in tasks {
         let _ = t.await;
     }
@@ -319,11 +342,15 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
     let sent = fan.sent.load(Relaxed);
     let h = fan.latency.lock().unwrap();
     let secs = elapsed.as_secs_f64();
+    let mode = match (rate, all_receivers) {
+        (0, true) => format!("max(all-receivers window {window})"),
+        (0, false) => format!("max(window {window})"),
+        (r, _) => r.to_string(),
+    };
     println!(
-        "fanout {}{}: clients={n} gzip={gzip_count} senders={senders} size={size} rate={} duration={secs:.1}s",
+        "fanout {}{}: clients={n} gzip={gzip_count} senders={senders} size={size} rate={mode} duration={secs:.1}s",
         server.url,
         url2.map(|u| format!(" + {u}")).unwrap_or_default(),
-        if rate == 0 { format!("max(window {window})") } else { rate.to_string() }
     );
     println!(
         "  frames/s={:.0} msgs/s={:.0} sent={sent} delivered={delivered} lost={} validated={} invalid={}",
@@ -343,6 +370,14 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
     );
     if stuck > 0 {
         println!("  stuck_clients={stuck} {stuck_report} server_peak_rss={}KiB", peak_rss.load(Relaxed) / 1024);
+    }
+    if let Some(done) = completed {
+        println!("  completed_msgs/s={:.0} (received by every client)", done as f64 / secs);
+    }
+    // Server CPU time per delivered frame: far steadier than frames/s on a shared machine, and
+    // still meaningful when the generator is the limit.
+    if let Some(share) = server_share.filter(|_| delivered_in_time > 0) {
+        println!("  server_us_per_frame={:.3}", share * secs * 1e6 / delivered_in_time as f64);
     }
     report_cpu(bench_cpu, server_share);
     if fan.invalid.load(Relaxed) > 0 {
@@ -434,8 +469,11 @@ async fn receive(
     gzip: bool,
     me: usize,
     own_window: Option<Rc<Semaphore>>,
+    all: Option<Rc<completion::AllReceivers>>,
 ) {
     const SAMPLE: u64 = 64;
+    // Data frames received: with one sender, the index of each message.
+    let mut index = 0u64;
     let mut buf = early;
     buf.reserve(64 * 1024);
     let mut count = 0u64;
@@ -444,6 +482,10 @@ async fn receive(
         let mut pos = 0;
         while let Some((frame, len)) = client::parse(&buf[pos..]) {
             pos += len;
+            if let (Some(all), 1 | 2) = (&all, frame.opcode) {
+                all.arrived(index);
+                index += 1;
+            }
             let text: &[u8] = match frame.opcode {
                 1 if !gzip => frame.payload,
                 2 if gzip => {

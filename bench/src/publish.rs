@@ -41,7 +41,7 @@ pub async fn run(server: &Server, load: Publish, duration: Duration) -> Result<(
         let (stream, early) =
             client::connect(&target, i, &format!("p{i}"), gzip).await.map_err(|e| format!("client {i}: {e}"))?;
         let (reader, _writer) = tokio::io::split(stream);
-        tokio::task::spawn_local(receive(fan.clone(), reader, early, gzip, i, None));
+        tokio::task::spawn_local(receive(fan.clone(), reader, early, gzip, i, None, None));
     }
     let mut pool = Vec::new();
     for c in 0..load.connections.max(1) {
