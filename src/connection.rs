@@ -14,7 +14,7 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn, Instrument};
 
@@ -27,44 +27,46 @@ use crate::settings::Settings;
 use crate::state::Context;
 use crate::token::Refusal;
 use crate::upgrade::{self, ClientParams, HandshakeError, Rejection};
-use crate::writer::{Replies, Writer, CLOSE_GRACE};
+use crate::writer::{Closed, Replies, Writer, CLOSE_GRACE};
 
 /// Serves one accepted socket to the end. Errors stay here: they are logged, never returned.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
-    // info, not debug: a span filtered out would strip peer and key from the warnings inside it.
-    let span = tracing::info_span!("conn", %peer, key = tracing::field::Empty);
-    async move {
-        // Copy what we need and release the watch locks at once.
-        let settings = ctx.live.borrow().clone();
-        let deadline = Instant::now() + settings.handshake_timeout;
-        let _ = tcp.set_nodelay(true);
-        // Boxed, and built in statements of their own so no temporary outlives them across an
-        // await: otherwise the TLS layout would size every connection's task, plain ones too.
-        match settings.tls.clone() {
-            None => {
-                let run = Box::pin(handshake_and_run(tcp, peer, deadline, &settings, &ctx));
-                run.await
-            }
-            Some(acceptor) => {
-                let accept = Box::pin(acceptor.accept(tcp));
-                let stream = match timeout_at(deadline, accept).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        ctx.metrics.rejected("tls");
-                        return debug!(%e, "tls handshake failed");
-                    }
-                    Err(_) => {
-                        ctx.metrics.rejected("timeout");
-                        return debug!("handshake timeout during tls");
-                    }
-                };
-                let run = Box::pin(handshake_and_run(stream, peer, deadline, &settings, &ctx));
-                run.await
-            }
+    // Copy what we need and release the watch locks at once.
+    let settings = ctx.live.borrow().clone();
+    let deadline = Instant::now() + settings.handshake_timeout;
+    let _ = tcp.set_nodelay(true);
+    // Boxed, and built in statements of their own so no temporary outlives them across an
+    // await: otherwise the TLS layout would size every connection's task, plain ones too.
+    match settings.tls.clone() {
+        None => {
+            let run = Box::pin(handshake_and_run(tcp, peer, deadline, &settings, &ctx));
+            run.await
+        }
+        Some(acceptor) => {
+            let accept = Box::pin(acceptor.accept(tcp));
+            let stream = match timeout_at(deadline, accept).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    ctx.metrics.rejected("tls");
+                    return debug!(%peer, %e, "tls handshake failed");
+                }
+                Err(_) => {
+                    ctx.metrics.rejected("timeout");
+                    return debug!(%peer, "handshake timeout during tls");
+                }
+            };
+            let run = Box::pin(handshake_and_run(stream, peer, deadline, &settings, &ctx));
+            run.await
         }
     }
-    .instrument(span)
-    .await
+}
+
+/// What the log lines of an upgraded connection name. A span would carry them too, but its few
+/// hundred bytes would stay with every idle connection; the handshake alone runs in one.
+#[derive(Debug, Clone, Copy)]
+struct Who<'a> {
+    peer: SocketAddr,
+    key: &'a str,
 }
 
 #[doc(hidden)]
@@ -83,17 +85,19 @@ where
     // client then gets a proper 1001 instead of a cut connection.
     // The handshake's state is boxed and freed once it is done, so it does not size the future
     // every open connection keeps for its whole life.
-    let upgrade = Box::pin(timeout_at(deadline, upgrade::accept(stream, &settings.policy, admit)));
+    // info, not debug: a span filtered out would strip the peer from the lines inside it.
+    let span = tracing::info_span!("conn", %peer);
+    let upgrade = Box::pin(timeout_at(deadline, upgrade::accept(stream, &settings.policy, admit)).instrument(span));
     let upgraded = match upgrade.await {
         Ok(Ok(upgraded)) => upgraded,
         Ok(Err(HandshakeError::Rejected(r))) => {
             ctx.metrics.rejected(r.metric_reason());
-            return debug!(status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
+            return debug!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
         }
-        Ok(Err(e)) => return debug!(%e, "handshake failed"),
+        Ok(Err(e)) => return debug!(%peer, %e, "handshake failed"),
         Err(_) => {
             ctx.metrics.rejected("timeout");
-            return debug!("handshake timeout");
+            return debug!(%peer, "handshake timeout");
         }
     };
     // Held for the connection's life: its place in the per-address count, and in the counts.
@@ -105,7 +109,6 @@ where
     let _client = ctx.shutdown.client();
     ctx.metrics.accepted.inc();
     let _counted = Counted::new(&ctx.metrics, settings.tls.is_some());
-    tracing::Span::current().record("key", &*key);
     let info =
         ClientInfo { peer, tls: settings.tls.is_some(), gzip, connected_at: std::time::SystemTime::now(), expires };
     let run = Box::pin(run_client(stream, tail, key, info, settings, ctx));
@@ -144,15 +147,16 @@ where
     let read_side = ReadSide { io: read_half, replies: &replies };
     let mut ws = WebSocketStream::from_partially_read(read_side, tail, Role::Server, Some(settings.websocket)).await;
     let joined = ctx.hub.join(key, info, settings.send_queue);
-    let (mut member, control) = (joined.member, joined.control);
+    let (member, control) = (joined.member, joined.control);
+    let who = Who { peer: info.peer, key: member.key() };
     if ctx.shutdown.is_closing() {
         control.end(Ending::close(Code::GoingAway));
     }
-    debug!(gzip = info.gzip, "connected");
+    debug!(peer = %who.peer, key = who.key, gzip = info.gzip, "connected");
 
-    let (read_end, close_sent) = {
+    let (read_end, closed) = {
         let mut writer = Writer::new(&mut write_half, joined.queue, &control, &replies, &ctx.metrics, info.gzip);
-        let reader = read_loop(&mut ws, ctx, &control, settings);
+        let reader = read_loop(&mut ws, ctx, &control, settings, &who);
         let writing = writer.run(settings.ping_interval, &ctx.shutdown, || member.leave());
         tokio::pin!(reader, writing);
         tokio::select! {
@@ -160,18 +164,18 @@ where
                 control.end(end);
                 (true, writing.await)
             }
-            sent = &mut writing => {
+            closed = &mut writing => {
                 // Wait for the peer's Close reply (or its departure) before dropping the socket;
                 // when no Close went out, there is no reply to wait for.
-                if sent {
+                if closed.sent() {
                     let _ = timeout(CLOSE_GRACE, &mut reader).await;
                 }
-                (false, sent)
+                (false, closed)
             }
         }
     };
     let ending = control.ending();
-    debug!(?ending, "disconnected");
+    log_ending(who, &closed, ending);
     // The code the server sent, else the one the client sent, else none (a vanished peer).
     ctx.metrics.disconnected(match ending {
         Some(Ending::Close { code, .. }) => Some(code.as_u16()),
@@ -180,7 +184,7 @@ where
     });
     // After a protocol error the client may still be sending the rest of its bad message; close
     // our side and read until it closes, so our Close frame is not destroyed by a reset.
-    if read_end && close_sent {
+    if read_end && closed.sent() {
         let stream = ws.into_inner().io.unsplit(write_half);
         let lingering = Box::pin(linger(stream));
         lingering.await;
@@ -237,7 +241,13 @@ impl<R: Unpin> AsyncWrite for ReadSide<'_, R> {
 }
 
 /// Reads until the peer leaves, publishing every text (and inflated gzip) message.
-async fn read_loop<S>(ws: &mut WebSocketStream<S>, ctx: &Context, control: &Control, settings: &Settings) -> Ending
+async fn read_loop<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &Context,
+    control: &Control,
+    settings: &Settings,
+    who: &Who<'_>,
+) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -263,25 +273,21 @@ where
             None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
                 return Ending::PeerClosed(peer_code)
             }
-            Some(Err(e)) => return ending_for(e),
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(data))) => match gzip::inflate(&data, settings.max_message_size) {
-                Ok(text) => text.into(),
-                Err(e @ InflateError::TooBig(_)) => return close_with(Code::TooBig, &e),
-                Err(e) => return close_with(Code::Invalid, &e),
-            },
+            Some(Err(e)) => return ending_for(e, *who),
             // Pings and Closes are answered by tungstenite (through ReadSide); any of them
             // proves the peer alive.
             Some(Ok(Message::Close(frame))) => {
                 peer_code = frame.map(|f| u16::from(f.code));
                 continue;
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(message)) => match text_of(message, settings.max_message_size) {
+                Ok(Some(text)) => text,
+                Ok(None) => continue,
+                Err(ending) => return ending,
+            },
         };
-        if let (Some(bucket), Some((rate, burst))) = (budget.as_mut(), settings.message_rate) {
-            if !bucket.take(rate, burst, Instant::now()) {
-                return close_with(Code::Policy, &"message rate limit exceeded");
-            }
+        if over_rate(budget.as_mut(), settings.message_rate) {
+            return close_with(Code::Policy, &"message rate limit exceeded");
         }
         // A replaced client sent this before it could know: it is still delivered. After any
         // other ending, or once the drain stopped reading, the message was never accepted.
@@ -290,13 +296,35 @@ where
             ctx.metrics.messages_received.inc();
             ctx.hub.publish(text);
         } else {
-            debug!("message after the connection began closing: not accepted");
+            debug!(peer = %who.peer, key = who.key, "message after the connection began closing: not accepted");
         }
     }
 }
 
+/// Takes one message from the client's budget, if it has one; true when it is spent.
+fn over_rate(budget: Option<&mut TokenBucket>, rate: Option<(f64, f64)>) -> bool {
+    match (budget, rate) {
+        (Some(bucket), Some((rate, burst))) => !bucket.take(rate, burst, Instant::now()),
+        _ => false,
+    }
+}
+
+/// The text a data message carries (a Binary one is gzip), none for a control message, or the
+/// ending a bad message calls for.
+fn text_of(message: Message, max: usize) -> Result<Option<Utf8Bytes>, Ending> {
+    match message {
+        Message::Text(text) => Ok(Some(text)),
+        Message::Binary(data) => match gzip::inflate(&data, max) {
+            Ok(text) => Ok(Some(text.into())),
+            Err(e @ InflateError::TooBig(_)) => Err(close_with(Code::TooBig, &e)),
+            Err(e) => Err(close_with(Code::Invalid, &e)),
+        },
+        _ => Ok(None),
+    }
+}
+
 /// The ending for a reader error; I/O errors mean the peer is gone.
-fn ending_for(e: WsError) -> Ending {
+fn ending_for(e: WsError, who: Who) -> Ending {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => close_with(Code::TooBig, &"message too big"),
         WsError::Capacity(e) => close_with(Code::TooBig, &e),
@@ -305,30 +333,47 @@ fn ending_for(e: WsError) -> Ending {
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Dead("reset by peer"),
         WsError::Protocol(p) => close_with(Code::Protocol, &p),
         WsError::Io(e) => {
-            log_io_error(&e);
+            log_io_error(&e, who);
             Ending::Dead("read failed")
         }
         other => {
-            warn!(%other, "connection closed with error");
+            warn!(peer = %who.peer, key = who.key, %other, "connection closed with error");
             Ending::Dead("read failed")
         }
     }
 }
 
+/// The ending for a bad message; the "disconnected" line logs it with its reason.
 fn close_with(code: Code, reason: &dyn std::fmt::Display) -> Ending {
-    debug!(code = code.as_u16(), %reason, "closing for a bad message");
     Ending::close_because(code, reason)
+}
+
+/// Logs how a connection ended, with the writer's part in it.
+fn log_ending(who: Who, closed: &Closed, ending: Option<&Ending>) {
+    let code = ending.and_then(Ending::code);
+    match closed {
+        Closed::Failed(e) => log_io_error(e, who),
+        Closed::TimedOut => warn!(
+            peer = %who.peer, key = who.key, code = code.map(Code::as_u16),
+            "closing did not complete in time; queued messages for this client were dropped"
+        ),
+        Closed::Sent | Closed::Nothing => {}
+    }
+    if code == Some(Code::TooSlow) {
+        warn!(peer = %who.peer, key = who.key, "client too slow: send queue overflow, closed with 4001");
+    }
+    debug!(peer = %who.peer, key = who.key, ?ending, "disconnected");
 }
 
 /// Sorts socket errors: a peer that left, or sent bytes TLS cannot decrypt, is its own
 /// business (debug, so a flood of them cannot flood the log); anything else is ours (warn).
-pub(crate) fn log_io_error(e: &io::Error) {
+fn log_io_error(e: &io::Error, who: Who) {
     use io::ErrorKind::*;
     match e.kind() {
         ConnectionReset | BrokenPipe | UnexpectedEof | ConnectionAborted | InvalidData => {
-            debug!(%e, "peer left or sent garbage")
+            debug!(peer = %who.peer, key = who.key, %e, "peer left or sent garbage")
         }
-        _ => warn!(%e, "connection closed with error"),
+        _ => warn!(peer = %who.peer, key = who.key, %e, "connection closed with error"),
     }
 }
 

@@ -27,7 +27,7 @@ pub fn to_one(client: &Client, frames: &Arc<Frames>) -> bool {
         Ok(()) => true,
         Err(TrySendError::Closed(_)) => false,
         Err(TrySendError::Full(_)) => {
-            // The connection logs this itself, inside its own span (peer and key).
+            // The connection logs this itself, naming its peer and key.
             client.control.end(Ending::close(Code::TooSlow));
             false
         }

@@ -3,7 +3,7 @@
 //! node) publishes through here; the drain closes everyone through here. Nothing else reaches
 //! the registry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,13 +65,20 @@ pub struct Member<'a> {
     hub: &'a Hub,
     key: Box<str>,
     id: u64,
-    left: bool,
+    // Atomic, not a plain bool, so that leaving takes `&self`: the writer's leave callback and
+    // the connection's log lines (which name the key) then share the member.
+    left: AtomicBool,
 }
 
 impl Member<'_> {
+    /// The key it is registered under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Leaves the registry now (nothing more is queued for this connection); idempotent.
-    pub fn leave(&mut self) {
-        if !std::mem::replace(&mut self.left, true) {
+    pub fn leave(&self) {
+        if !self.left.swap(true, Ordering::Relaxed) {
             let generation = self.hub.registry.unregister(&self.key, self.id);
             if let (Some(link), Some(generation @ 1..)) = (&self.hub.link, generation) {
                 link.release(self.key.clone(), generation);
@@ -118,7 +125,7 @@ impl Hub {
         if let Some(link) = &self.link {
             link.claim(key.clone(), id);
         }
-        Joined { member: Member { hub: self, key, id, left: false }, queue: rx, control }
+        Joined { member: Member { hub: self, key, id, left: AtomicBool::new(false) }, queue: rx, control }
     }
 
     /// A message accepted here: delivered to every local connection (sender included), then

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{timeout, Instant};
-use tracing::{debug, warn};
 
 use crate::ending::{Code, Control, Ending};
 use crate::frame::{self, Frames, Outbox};
@@ -50,6 +49,27 @@ impl Replies {
     }
 }
 
+/// How a writer ended, for the connection to log: it knows the peer and the key, the writer
+/// does not (no per-connection span carries them).
+#[derive(Debug)]
+pub enum Closed {
+    /// A Close frame went out: a reply may come.
+    Sent,
+    /// No Close frame was owed (the peer closed first, or the connection is dead).
+    Nothing,
+    /// Writing to the socket failed.
+    Failed(std::io::Error),
+    /// The close sequence did not complete within its grace.
+    TimedOut,
+}
+
+impl Closed {
+    /// True when a Close frame went out, so a reply may come.
+    pub fn sent(&self) -> bool {
+        matches!(self, Closed::Sent)
+    }
+}
+
 /// What woke an idle writer.
 enum Wake {
     Replies,
@@ -82,14 +102,12 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
 
     /// Delivers until the connection is ended, calls `leave` (out of the registry before the
     /// close handshake: nothing more is queued for us), then sends what the ending calls for.
-    /// True when a Close frame went out, so a reply may come.
-    pub async fn run(&mut self, ping_interval: Duration, shutdown: &Shutdown, leave: impl FnOnce()) -> bool {
+    pub async fn run(&mut self, ping_interval: Duration, shutdown: &Shutdown, leave: impl FnOnce()) -> Closed {
         let delivered = self.deliver(ping_interval).await;
         leave();
         if let Err(e) = delivered {
-            crate::connection::log_io_error(&e);
             self.control.end(Ending::Dead("write failed"));
-            return false;
+            return Closed::Failed(e);
         }
         match self.control.ending() {
             Some(Ending::Close { code, .. }) => self.close_within(*code, shutdown).await,
@@ -98,9 +116,9 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
                 self.outbox.discard_unstarted();
                 self.outbox.push_control(&self.replies.take());
                 let _ = timeout(CLOSE_GRACE, self.outbox.flush(self.io)).await;
-                false
+                Closed::Nothing
             }
-            _ => false,
+            _ => Closed::Nothing,
         }
     }
 
@@ -148,23 +166,16 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
     /// The close sequence, bounded: a client that does not read cannot hold its task (or its
     /// socket) past the grace; at shutdown the grace is what is left of the drain timeout, so a
     /// backlog can still flush.
-    async fn close_within(&mut self, code: Code, shutdown: &Shutdown) -> bool {
+    async fn close_within(&mut self, code: Code, shutdown: &Shutdown) -> Closed {
         let grace = match shutdown.deadline() {
             Some(deadline) if code == Code::GoingAway => deadline.saturating_duration_since(Instant::now()),
             _ => CLOSE_GRACE,
         };
         // Boxed: closing happens once, and inline it would enlarge every idle connection.
         match timeout(grace, Box::pin(self.close(code))).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                debug!(%e, "could not send the close frame");
-                false
-            }
-            Err(_) => {
-                let code = code.as_u16();
-                warn!(code, "closing did not complete in time; queued messages for this client were dropped");
-                false
-            }
+            Ok(Ok(())) => Closed::Sent,
+            Ok(Err(e)) => Closed::Failed(e),
+            Err(_) => Closed::TimedOut,
         }
     }
 
@@ -172,7 +183,6 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
     /// Close frame.
     async fn close(&mut self, code: Code) -> std::io::Result<()> {
         if code == Code::TooSlow {
-            warn!("client too slow: send queue overflow, closing with 4001");
             self.metrics.slow_consumers.inc();
             self.outbox.discard_unstarted();
         } else {
@@ -252,10 +262,10 @@ mod tests {
             control.end(ending);
         };
         let mut left = false;
-        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || left = true), end);
+        let (closed, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || left = true), end);
         drop(writer);
         drop(server);
-        (sent, left, reader.await.unwrap())
+        (closed.sent(), left, reader.await.unwrap())
     }
 
     #[tokio::test]
@@ -273,7 +283,7 @@ mod tests {
         let metrics = Metrics::new();
         control.end(Ending::close(Code::Replaced));
         let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, true);
-        assert!(writer.run(Duration::from_secs(60), &shutdown, || {}).await);
+        assert!(writer.run(Duration::from_secs(60), &shutdown, || {}).await.sent());
         drop(writer);
         drop(server);
         assert_eq!(
@@ -304,10 +314,8 @@ mod tests {
         control.end(Ending::close(Code::TooSlow));
         let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
         let started = Instant::now();
-        assert!(
-            !writer.run(Duration::from_secs(60), &shutdown, || {}).await,
-            "no Close went out: no reply to wait for"
-        );
+        let closed = writer.run(Duration::from_secs(60), &shutdown, || {}).await;
+        assert!(matches!(closed, Closed::TimedOut), "no Close went out, no reply to wait for: {closed:?}");
         assert!(started.elapsed() >= CLOSE_GRACE && started.elapsed() < CLOSE_GRACE * 2);
     }
 
@@ -322,8 +330,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(30)).await;
             control.end(Ending::Dead("test over"));
         };
-        let (sent, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || {}), stop);
-        assert!(!sent, "a dead connection sends no Close");
+        let (closed, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || {}), stop);
+        assert!(matches!(closed, Closed::Nothing), "a dead connection sends no Close: {closed:?}");
         drop(writer);
         drop(server);
         assert_eq!(read_all(client).await, [(0xA, b"p".to_vec())]);
