@@ -8,7 +8,9 @@ old=$1 new=$2
 gen=target/release/wscast-bench
 [ -x "$gen" ] || { echo "build the generator first: cargo build --release -p wscast-bench" >&2; exit 1; }
 cfg=$(mktemp)
-printf '[server]\nlisten = ["127.0.0.1:8888"]\nmax_connections = 10000\n[log]\nlevel = "warn"\n' >"$cfg"
+# The shipped log level by default: what a default install pays (LOG_LEVEL=warn to compare with
+# older figures).
+printf '[server]\nlisten = ["127.0.0.1:8888"]\nmax_connections = 10000\n[log]\nlevel = "%s"\n' "${LOG_LEVEL:-info}" >"$cfg"
 for round in 1 2 3; do
     for which in old new; do
         bin=$old; [ "$which" = new ] && bin=$new

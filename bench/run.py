@@ -38,7 +38,8 @@ class Server:
         else:
             cfg = os.path.join(tmp, "bench.toml")
             with open(cfg, "w") as f:
-                f.write(f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n[log]\nlevel = "warn"\n')
+                # The shipped log level: a default install's footprint, not a quieter one's.
+                f.write(f'[server]\nlisten = ["127.0.0.1:{self.port}"]\n[log]\nlevel = "info"\n')
                 if admin:
                     token = os.path.join(tmp, "admin-token")
                     with open(os.open(token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as t:
