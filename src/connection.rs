@@ -289,15 +289,20 @@ where
         if over_rate(budget.as_mut(), settings.message_rate) {
             return close_with(Code::Policy, &"message rate limit exceeded");
         }
-        // A replaced client sent this before it could know: it is still delivered. After any
-        // other ending, or once the drain stopped reading, the message was never accepted.
-        let replaced = |e: &Ending| e.code() == Some(Code::Replaced);
-        if accepting.is_some() && control.ending().is_none_or(replaced) {
-            ctx.metrics.messages_received.inc();
-            ctx.hub.publish(text);
-        } else {
-            debug!(peer = %who.peer, key = who.key, "message after the connection began closing: not accepted");
-        }
+        publish(text, accepting.is_some(), control, ctx, who);
+    }
+}
+
+/// Publishes a client's message, unless it was sent after the connection began closing.
+fn publish(text: Utf8Bytes, accepting: bool, control: &Control, ctx: &Context, who: &Who) {
+    // A replaced client sent this before it could know: it is still delivered. After any other
+    // ending, or once the drain stopped reading, the message was never accepted.
+    let replaced = |e: &Ending| e.code() == Some(Code::Replaced);
+    if accepting && control.ending().is_none_or(replaced) {
+        ctx.metrics.messages_received.inc();
+        ctx.hub.publish(text);
+    } else {
+        debug!(peer = %who.peer, key = who.key, "message after the connection began closing: not accepted");
     }
 }
 

@@ -210,6 +210,10 @@ struct Fan {
     delivered: AtomicU64,
     validated: AtomicU64,
     invalid: AtomicU64,
+    /// Receivers the server closed while the run went on, by whether the code was 4001 (too
+    /// slow): what they missed is a loss the contract allows, and the report says so.
+    closed_4001: AtomicU64,
+    closed_other: AtomicU64,
     stop: AtomicBool,
     latency: Mutex<Histogram<u64>>,
 }
@@ -224,6 +228,8 @@ impl Fan {
             delivered: AtomicU64::new(0),
             validated: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
+            closed_4001: AtomicU64::new(0),
+            closed_other: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
         }
@@ -353,12 +359,15 @@ async fn fanout(server: &Server, load: Load, duration: Duration) -> Result<(), S
         url2.map(|u| format!(" + {u}")).unwrap_or_default(),
     );
     println!(
-        "  frames/s={:.0} msgs/s={:.0} sent={sent} delivered={delivered} lost={} validated={} invalid={}",
+        "  frames/s={:.0} msgs/s={:.0} sent={sent} delivered={delivered} lost={} validated={} invalid={} \
+         receivers_closed_4001={} receivers_closed_other={}",
         delivered_in_time as f64 / secs,
         sent as f64 / secs,
         expected.saturating_sub(delivered),
         fan.validated.load(Relaxed),
-        fan.invalid.load(Relaxed)
+        fan.invalid.load(Relaxed),
+        fan.closed_4001.load(Relaxed),
+        fan.closed_other.load(Relaxed),
     );
     println!(
         "  latency_us p50={} p99={} p999={} max={} (samples {})",
@@ -501,7 +510,12 @@ async fn receive(
                     }
                     &inflated
                 }
-                8 => return,
+                8 => {
+                    let code = frame.payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    let counter = if code == Some(4001) { &fan.closed_4001 } else { &fan.closed_other };
+                    counter.fetch_add(1, Relaxed);
+                    return;
+                }
                 9 | 10 => continue,
                 _ => {
                     fan.invalid.fetch_add(1, Relaxed);
