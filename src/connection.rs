@@ -3,19 +3,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn, Instrument};
 
 use crate::ending::{Code, Control, Ending};
@@ -23,6 +17,7 @@ use crate::gzip::{self, InflateError};
 use crate::hub::ClientInfo;
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
+use crate::reader::{FrameError, Incoming, ReadEnd, Reader};
 use crate::settings::Settings;
 use crate::state::Context;
 use crate::token::Refusal;
@@ -136,16 +131,18 @@ fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> R
 }
 
 /// Serves an upgraded client: registration, then a reader that publishes and a writer that
-/// delivers until one of them ends it, then the close handshake.
-async fn run_client<S>(stream: S, tail: Vec<u8>, key: Box<str>, info: ClientInfo, settings: &Settings, ctx: &Context)
+/// delivers until one of them ends it, then the close handshake. Its future is what every open
+/// connection keeps (boxed), so `tests/footprint.rs` measures it.
+#[doc(hidden)]
+pub async fn run_client<S>(stream: S, tail: Vec<u8>, key: Box<str>, info: ClientInfo, settings: &Settings, ctx: &Context)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Borrowed by the reader's socket adapter and by the writer, from this task's own state.
     let replies = Replies::default();
     let (read_half, mut write_half) = tokio::io::split(stream);
-    let read_side = ReadSide { io: read_half, replies: &replies };
-    let mut ws = WebSocketStream::from_partially_read(read_side, tail, Role::Server, Some(settings.websocket)).await;
+    let mut reader = Reader::new(read_half, &tail, settings.max_message_size, &replies);
+    drop(tail);
     let joined = ctx.hub.join(key, info, settings.send_queue);
     let (member, control) = (joined.member, joined.control);
     let who = Who { peer: info.peer, key: member.key() };
@@ -156,7 +153,7 @@ where
 
     let (read_end, closed) = {
         let mut writer = Writer::new(&mut write_half, joined.queue, &control, &replies, &ctx.metrics, info.gzip);
-        let reader = read_loop(&mut ws, ctx, &control, settings, &who);
+        let reader = read_loop(&mut reader, ctx, &control, settings, &who);
         let writing = writer.run(settings.ping_interval, &ctx.shutdown, || member.leave());
         tokio::pin!(reader, writing);
         tokio::select! {
@@ -185,7 +182,7 @@ where
     // After a protocol error the client may still be sending the rest of its bad message; close
     // our side and read until it closes, so our Close frame is not destroyed by a reset.
     if read_end && closed.sent() {
-        let stream = ws.into_inner().io.unsplit(write_half);
+        let stream = reader.into_inner().unsplit(write_half);
         let lingering = Box::pin(linger(stream));
         lingering.await;
     }
@@ -210,54 +207,19 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// The socket as tungstenite sees it: it reads from the socket, but what it writes (its
-/// automatic pong and close replies) goes to the connection's writer, the only one that writes
-/// to the socket. That is what lets the writer send shared frames without tungstenite's copy.
-struct ReadSide<'a, R> {
-    io: R,
-    replies: &'a Replies,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<'_, R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<R: Unpin> AsyncWrite for ReadSide<'_, R> {
-    fn poll_write(self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        // tungstenite hands over whole frames (its buffer holds one reply at a time).
-        self.replies.push(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// Reads until the peer leaves, publishing every text (and inflated gzip) message.
-async fn read_loop<S>(
-    ws: &mut WebSocketStream<S>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    reader: &mut Reader<'_, R>,
     ctx: &Context,
     control: &Control,
     settings: &Settings,
     who: &Who<'_>,
-) -> Ending
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Ending {
     // Held while this reader may publish; the drain waits until every reader has let go.
     let mut accepting = Some(ctx.shutdown.reader_guard());
     let idle = sleep(settings.idle_timeout);
     tokio::pin!(idle);
     let mut budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
-    // The code of the peer's Close, once it sent one.
-    let mut peer_code = None;
     loop {
         let next = tokio::select! {
             biased;
@@ -266,25 +228,20 @@ where
                 continue;
             }
             () = &mut idle => return Ending::Dead("idle timeout"),
-            next = ws.next() => next,
+            next = reader.next() => next,
         };
         idle.as_mut().reset(Instant::now() + settings.idle_timeout);
         let text = match next {
-            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                return Ending::PeerClosed(peer_code)
-            }
-            Some(Err(e)) => return ending_for(e, *who),
-            // Pings and Closes are answered by tungstenite (through ReadSide); any of them
-            // proves the peer alive.
-            Some(Ok(Message::Close(frame))) => {
-                peer_code = frame.map(|f| u16::from(f.code));
-                continue;
-            }
-            Some(Ok(message)) => match text_of(message, settings.max_message_size) {
-                Ok(Some(text)) => text,
-                Ok(None) => continue,
+            // The reader answered it (the echo is among the writer's replies).
+            Ok(Incoming::Close(code)) => return Ending::PeerClosed(code),
+            // Answered by the reader too; like any frame, it proves the peer alive.
+            Ok(Incoming::Ping(_) | Incoming::Pong) => continue,
+            Ok(Incoming::Text(text)) => text,
+            Ok(Incoming::Binary(data)) => match inflate(&data, settings.max_message_size) {
+                Ok(text) => text,
                 Err(ending) => return ending,
             },
+            Err(end) => return ending_for(end, *who),
         };
         if over_rate(budget.as_mut(), settings.message_rate) {
             return close_with(Code::Policy, &"message rate limit exceeded");
@@ -314,35 +271,25 @@ fn over_rate(budget: Option<&mut TokenBucket>, rate: Option<(f64, f64)>) -> bool
     }
 }
 
-/// The text a data message carries (a Binary one is gzip), none for a control message, or the
-/// ending a bad message calls for.
-fn text_of(message: Message, max: usize) -> Result<Option<Utf8Bytes>, Ending> {
-    match message {
-        Message::Text(text) => Ok(Some(text)),
-        Message::Binary(data) => match gzip::inflate(&data, max) {
-            Ok(text) => Ok(Some(text.into())),
-            Err(e @ InflateError::TooBig(_)) => Err(close_with(Code::TooBig, &e)),
-            Err(e) => Err(close_with(Code::Invalid, &e)),
-        },
-        _ => Ok(None),
+/// The text of a Binary message, which is gzip, or the ending a bad one calls for.
+fn inflate(data: &[u8], max: usize) -> Result<Utf8Bytes, Ending> {
+    match gzip::inflate(data, max) {
+        Ok(text) => Ok(text.into()),
+        Err(e @ InflateError::TooBig(_)) => Err(close_with(Code::TooBig, &e)),
+        Err(e) => Err(close_with(Code::Invalid, &e)),
     }
 }
 
-/// The ending for a reader error; I/O errors mean the peer is gone.
-fn ending_for(e: WsError, who: Who) -> Ending {
-    match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => close_with(Code::TooBig, &"message too big"),
-        WsError::Capacity(e) => close_with(Code::TooBig, &e),
-        WsError::Utf8(_) => close_with(Code::Invalid, &"invalid utf-8 in text message"),
+/// The ending for the reader's end: a bad frame gets its close code; otherwise the peer is gone.
+fn ending_for(end: ReadEnd, who: Who) -> Ending {
+    match end {
+        ReadEnd::Frame(e @ FrameError::Protocol(_)) => close_with(Code::Protocol, &e),
+        ReadEnd::Frame(e @ FrameError::TooBig) => close_with(Code::TooBig, &e),
+        ReadEnd::Frame(e @ FrameError::Utf8) => close_with(Code::Invalid, &e),
         // The peer vanished without a Close: nothing to answer.
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Dead("reset by peer"),
-        WsError::Protocol(p) => close_with(Code::Protocol, &p),
-        WsError::Io(e) => {
+        ReadEnd::Eof => Ending::Dead("reset by peer"),
+        ReadEnd::Io(e) => {
             log_io_error(&e, who);
-            Ending::Dead("read failed")
-        }
-        other => {
-            warn!(peer = %who.peer, key = who.key, %other, "connection closed with error");
             Ending::Dead("read failed")
         }
     }

@@ -90,6 +90,12 @@ pub fn fit_reason(reason: &str) -> &str {
     &reason[..end]
 }
 
+/// Whether a peer may send `code` in its Close (RFC 6455 7.4): 1000-1003, 1007-1013 and
+/// 3000-4999; never 1005, 1006 or 1015, which only describe a close that carried no code.
+pub fn peer_may_send(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+}
+
 /// How a connection ends; the first reason set wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {

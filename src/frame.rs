@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::ending::{fit_reason, Code};
 use crate::gzip;
 
+/// Continuation frame opcode.
+pub const CONTINUATION: u8 = 0x0;
 /// Text frame opcode.
 pub const TEXT: u8 = 0x1;
 /// Binary frame opcode.

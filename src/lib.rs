@@ -8,7 +8,8 @@
 //! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error; runs
 //!   [`admission`] (per-address and handshake-rate limits, 503) and [`token`] (the connection
 //!   token's check, 401) just before the 101.
-//! - [`connection`]: one task per connection: handshake, join, reader, writer, close.
+//! - [`connection`]: one task per connection: handshake, join, reader, writer, close; its
+//!   [`reader`] parses the client's frames from one read buffer per worker thread.
 //! - [`hub`]: the only door to delivery: join (a [`hub::Member`] that leaves on drop), publish,
 //!   send to one key, kick, close all; over [`registry`] (one connection per key) and
 //!   [`fanout`] (one message -> every queue), and, with a cluster, [`cluster`] (the other nodes
@@ -41,6 +42,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod rate;
+pub mod reader;
 pub mod registry;
 pub mod settings;
 pub mod shutdown;

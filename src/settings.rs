@@ -6,15 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admission::Limits;
 use crate::config::Config;
 use crate::token::Tokens;
 use crate::upgrade::Policy;
-
-/// Incoming buffer per connection: small, since most clients are idle most of the time.
-const READ_BUFFER: usize = 1024;
 
 /// What a reload may change.
 #[derive(Clone)]
@@ -23,8 +19,6 @@ pub struct Settings {
     pub policy: Policy,
     /// The TLS acceptor of new handshakes; `None` serves plain ws.
     pub tls: Option<TlsAcceptor>,
-    /// tungstenite's read-side limits and buffer.
-    pub websocket: WebSocketConfig,
     /// `server.handshake_timeout`
     pub handshake_timeout: Duration,
     /// `server.max_connections`
@@ -60,11 +54,6 @@ impl Settings {
     /// Derives the settings from a validated config, its loaded TLS acceptor and token keys.
     pub fn new(config: &Config, tls: Option<TlsAcceptor>, tokens: Arc<Tokens>) -> Self {
         let max = config.websocket.max_message_bytes();
-        // tungstenite only reads (its replies go to our writer), so only its read side matters.
-        let websocket = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
         let w = &config.websocket;
         Self {
             policy: Policy {
@@ -73,7 +62,6 @@ impl Settings {
                 scheme: if config.tls.enabled { "wss" } else { "ws" },
             },
             tls,
-            websocket,
             handshake_timeout: config.server.handshake_timeout,
             max_connections: config.server.max_connections,
             admission: Limits::new(config),

@@ -1,9 +1,8 @@
 //! The HTTP upgrade: read the request head, validate path, query and origin, answer 101 or an
 //! HTTP error with a one-line reason.
 //!
-//! tungstenite's handshake callback only runs for requests that are already valid upgrades, so a
-//! plain GET would get no answer at all; we parse the head ourselves (httparse, as tungstenite
-//! does) and hand tungstenite the socket after our 101.
+//! We parse the head ourselves (httparse) so that every request, a plain GET included, gets an
+//! answer; after our 101 the socket belongs to the connection's own reader and writer.
 
 use std::borrow::Cow;
 use std::io;

@@ -22,8 +22,8 @@ const MAX_BATCH: usize = 64;
 /// RFC 6455 5.5.3 allows (answer only the latest ping).
 const REPLIES_CAP: usize = 4096;
 
-/// Control frames the reader owes the peer (tungstenite's pongs and close echoes), handed to
-/// the writer.
+/// Control frames the reader owes the peer (pongs and the echo of its Close), handed to the
+/// writer.
 #[derive(Debug, Default)]
 pub struct Replies {
     /// A std Mutex: held to append or take a few bytes, never across an await.
@@ -44,7 +44,7 @@ impl Replies {
         self.queued.notify_one();
     }
 
-    fn take(&self) -> Vec<u8> {
+    pub(crate) fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.frames.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -111,7 +111,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         }
         match self.control.ending() {
             Some(Ending::Close { code, .. }) => self.close_within(*code, shutdown).await,
-            // The peer closed: tungstenite's echo of its Close is among the replies.
+            // The peer closed: the reader's echo of its Close is among the replies.
             Some(Ending::PeerClosed(_)) => {
                 self.outbox.discard_unstarted();
                 self.outbox.push_control(&self.replies.take());

@@ -31,4 +31,15 @@ async fn connection_futures_stay_small() {
     println!("handshake_and_run future: {} bytes", size_of_val(&run));
     // 216-224 bytes today; what outlives the upgrade (a request's leftovers, say a token) shows here.
     assert!(size_of_val(&run) <= 320, "handshake_and_run future is {} bytes", size_of_val(&run));
+    let info = wscast::hub::ClientInfo {
+        peer: "127.0.0.1:1".parse().unwrap(),
+        tls: false,
+        gzip: false,
+        connected_at: std::time::SystemTime::now(),
+        expires: 0,
+    };
+    let client = wscast::connection::run_client(connect(), Vec::new(), "k".into(), info, &settings, &ctx);
+    println!("run_client future (boxed, kept by every open connection): {} bytes", size_of_val(&client));
+    // 1,728 bytes in a release build today (the reader and writer futures side by side).
+    assert!(size_of_val(&client) <= 2048, "run_client future is {} bytes", size_of_val(&client));
 }

@@ -12,9 +12,9 @@
 #   Binary frame as gzip(text), which the suite's payloads are not; they get 1007 by design.
 #   The gzip inbound path is covered by the project's own tests.
 # Expected non-OK results, both allowed by the suite:
-# - 6.4.3, 6.4.4 NON-STRICT: invalid UTF-8 inside a fragmented text message is detected when the
-#   message is complete (tungstenite validates whole messages), not at the first bad fragment;
-#   the connection is still failed with 1007.
+# - 6.4.3, 6.4.4 NON-STRICT: invalid UTF-8 inside one text frame that arrives in pieces is
+#   detected when the frame is complete (src/reader.rs checks each whole frame, and a fragmented
+#   message at every fragment), not at the first bad piece; the connection is still failed with 1007.
 # - 7.1.6, 7.13.1, 7.13.2 INFORMATIONAL: the suite only records what happens (a large message
 #   right before a close; close codes the RFC leaves open).
 set -euo pipefail
