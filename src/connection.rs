@@ -7,14 +7,16 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn, Instrument};
 
 use crate::ending::{Code, Control, Ending};
+use crate::frame;
 use crate::gzip::{self, InflateError};
 use crate::hub::ClientInfo;
+use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::reader::{FrameError, Incoming, ReadEnd, Reader};
@@ -22,7 +24,7 @@ use crate::settings::Settings;
 use crate::state::Context;
 use crate::token::Refusal;
 use crate::upgrade::{self, ClientParams, HandshakeError, Rejection};
-use crate::writer::{Closed, Replies, Writer, CLOSE_GRACE};
+use crate::writer::{Closed, Writer, CLOSE_GRACE};
 
 /// Serves one accepted socket to the end. Errors stay here: they are logged, never returned.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
@@ -134,17 +136,21 @@ fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> R
 /// delivers until one of them ends it, then the close handshake. Its future is what every open
 /// connection keeps (boxed), so `tests/footprint.rs` measures it.
 #[doc(hidden)]
-pub async fn run_client<S>(stream: S, tail: Vec<u8>, key: Box<str>, info: ClientInfo, settings: &Settings, ctx: &Context)
-where
+pub async fn run_client<S>(
+    stream: S,
+    tail: Vec<u8>,
+    key: Box<str>,
+    info: ClientInfo,
+    settings: &Settings,
+    ctx: &Context,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Borrowed by the reader's socket adapter and by the writer, from this task's own state.
-    let replies = Replies::default();
-    let (read_half, mut write_half) = tokio::io::split(stream);
-    let mut reader = Reader::new(read_half, &tail, settings.max_message_size, &replies);
-    drop(tail);
     let joined = ctx.hub.join(key, info, settings.send_queue);
-    let (member, control) = (joined.member, joined.control);
+    let (member, mailbox, control) = (joined.member, joined.mailbox, joined.control);
+    let (read_half, mut write_half) = tokio::io::split(stream);
+    let mut reader = Reader::new(read_half, &tail, settings.max_message_size, &mailbox);
+    drop(tail);
     let who = Who { peer: info.peer, key: member.key() };
     if ctx.shutdown.is_closing() {
         control.end(Ending::close(Code::GoingAway));
@@ -152,9 +158,9 @@ where
     debug!(peer = %who.peer, key = who.key, gzip = info.gzip, "connected");
 
     let (read_end, closed) = {
-        let mut writer = Writer::new(&mut write_half, joined.queue, &control, &replies, &ctx.metrics, info.gzip);
+        let mut writer = Writer::new(&mut write_half, &mailbox, &control, &ctx.metrics, info.gzip);
         let reader = read_loop(&mut reader, ctx, &control, settings, &who);
-        let writing = writer.run(settings.ping_interval, &ctx.shutdown, || member.leave());
+        let writing = writer.run(&ctx.shutdown, || member.leave());
         tokio::pin!(reader, writing);
         tokio::select! {
             end = &mut reader => {
@@ -217,8 +223,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> Ending {
     // Held while this reader may publish; the drain waits until every reader has let go.
     let mut accepting = Some(ctx.shutdown.reader_guard());
-    let idle = sleep(settings.idle_timeout);
-    tokio::pin!(idle);
+    let mut heartbeat = Heartbeat::new(Instant::now(), settings);
+    let timer = sleep_until(heartbeat.next());
+    tokio::pin!(timer);
     let mut budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
     loop {
         let next = tokio::select! {
@@ -227,10 +234,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 accepting = None;
                 continue;
             }
-            () = &mut idle => return Ending::Dead("idle timeout"),
+            () = &mut timer => {
+                if !heartbeat.tick(Instant::now(), reader.mailbox()) {
+                    return Ending::Dead("idle timeout");
+                }
+                timer.as_mut().reset(heartbeat.next());
+                continue;
+            }
             next = reader.next() => next,
         };
-        idle.as_mut().reset(Instant::now() + settings.idle_timeout);
+        // Cheaper than resetting the timer for every frame: the timer checks it when it fires.
+        heartbeat.last_seen = Instant::now();
         let text = match next {
             // The reader answered it (the echo is among the writer's replies).
             Ok(Incoming::Close(code)) => return Ending::PeerClosed(code),
@@ -247,6 +261,40 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return close_with(Code::Policy, &"message rate limit exceeded");
         }
         publish(text, accepting.is_some(), control, ctx, who);
+    }
+}
+
+/// The one timer of a connection: a ping every `websocket.ping_interval`, and the cut-off
+/// `websocket.idle_timeout` after the last frame the client sent.
+struct Heartbeat {
+    last_seen: Instant,
+    next_ping: Instant,
+    ping_interval: std::time::Duration,
+    idle_timeout: std::time::Duration,
+}
+
+impl Heartbeat {
+    fn new(now: Instant, settings: &Settings) -> Self {
+        let (ping_interval, idle_timeout) = (settings.ping_interval, settings.idle_timeout);
+        Self { last_seen: now, next_ping: now + ping_interval, ping_interval, idle_timeout }
+    }
+
+    /// When the timer must fire next.
+    fn next(&self) -> Instant {
+        self.next_ping.min(self.last_seen + self.idle_timeout)
+    }
+
+    /// At the timer: false when the client has been silent too long; otherwise queues the
+    /// ping if it is due.
+    fn tick(&mut self, now: Instant, mailbox: &Mailbox) -> bool {
+        if now >= self.last_seen + self.idle_timeout {
+            return false;
+        }
+        if now >= self.next_ping {
+            mailbox.reply(&frame::PING_FRAME);
+            self.next_ping = now + self.ping_interval;
+        }
+        true
     }
 }
 

@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::error::TrySendError;
-
 use crate::ending::{Code, Ending};
 use crate::frame::Frames;
+use crate::mailbox::Push;
 use crate::registry::{Client, Registry};
 
 /// Queues `frames` for every registered connection; returns how many took it.
@@ -23,10 +22,9 @@ pub fn to_all(registry: &Registry, frames: &Arc<Frames>) -> usize {
 
 /// Queues `frames` for one connection; false when it was not taken.
 pub fn to_one(client: &Client, frames: &Arc<Frames>) -> bool {
-    match client.queue.try_send(frames.clone()) {
-        Ok(()) => true,
-        Err(TrySendError::Closed(_)) => false,
-        Err(TrySendError::Full(_)) => {
+    match client.mailbox.push(frames.clone()) {
+        Push::Taken => true,
+        Push::Full => {
             // The connection logs this itself, naming its peer and key.
             client.control.end(Ending::close(Code::TooSlow));
             false

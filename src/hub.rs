@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::cluster::Link;
 use crate::ending::{Code, Control, Ending};
 use crate::fanout;
 use crate::frame::Frames;
+use crate::mailbox::Mailbox;
 pub use crate::registry::ClientInfo;
 use crate::registry::{Client, Registry};
 use crate::settings::Settings;
@@ -52,8 +53,8 @@ pub enum Location {
 pub struct Joined<'a> {
     /// Its place in the registry.
     pub member: Member<'a>,
-    /// The messages to deliver to it.
-    pub queue: mpsc::Receiver<Arc<Frames>>,
+    /// The messages (and control replies) to deliver to it.
+    pub mailbox: Arc<Mailbox>,
     /// How it is ended.
     pub control: Arc<Control>,
 }
@@ -112,12 +113,14 @@ impl Hub {
     /// Registers a connection under `key` with a queue of `queue_len` messages; a connection
     /// already there is closed with 4000.
     pub fn join(&self, key: Box<str>, info: ClientInfo, queue_len: usize) -> Joined<'_> {
-        let (queue, rx) = mpsc::channel(queue_len);
+        let mailbox = Arc::new(Mailbox::new(queue_len));
         let control = Arc::new(Control::default());
         let id = self.registry.next_id();
         let generation = Default::default();
-        self.registry
-            .register(key.clone(), Client { id, gzip: info.gzip, info, queue, control: control.clone(), generation });
+        self.registry.register(
+            key.clone(),
+            Client { id, gzip: info.gzip, info, mailbox: mailbox.clone(), control: control.clone(), generation },
+        );
         // After the registration: a sweep that reset the minimum either sees this entry or this.
         if info.expires != 0 {
             self.next_expiry.fetch_min(u64::from(info.expires), Ordering::Relaxed);
@@ -125,7 +128,7 @@ impl Hub {
         if let Some(link) = &self.link {
             link.claim(key.clone(), id);
         }
-        Joined { member: Member { hub: self, key, id, left: AtomicBool::new(false) }, queue: rx, control }
+        Joined { member: Member { hub: self, key, id, left: AtomicBool::new(false) }, mailbox, control }
     }
 
     /// A message accepted here: delivered to every local connection (sender included), then
@@ -271,7 +274,7 @@ impl Hub {
     /// Calls `f` with the key, the info and the queue depth (messages waiting) of every local
     /// connection. `f` must not block: a registry shard is read-locked meanwhile.
     pub fn for_each_client(&self, mut f: impl FnMut(&str, &ClientInfo, usize)) {
-        self.registry.for_each_keyed(|key, c| f(key, &c.info, c.queue.max_capacity() - c.queue.capacity()));
+        self.registry.for_each_keyed(|key, c| f(key, &c.info, c.mailbox.len()));
     }
 
     /// The end switches of every registered connection, for a drain that closes them over time.
@@ -391,19 +394,21 @@ mod tests {
     #[test]
     fn publish_and_deliver_remote_reach_everyone_send_to_one() {
         let hub = hub();
-        let mut a = hub.join("a".into(), info(false), 4);
-        let mut b = hub.join("b".into(), info(true), 4);
+        let a = hub.join("a".into(), info(false), 4);
+        let b = hub.join("b".into(), info(true), 4);
         assert_eq!(hub.publish(text("local")), 2);
         assert_eq!(hub.deliver_remote(text("remote")), 2);
         assert!(hub.send_to("b", text("only b")));
         assert_eq!(hub.client("b").map(|c| c.gzip), Some(true));
         assert_eq!(hub.client("nobody"), None);
         assert!(!hub.send_to("nobody", text("lost")));
-        let payloads = |q: &mut mpsc::Receiver<Arc<Frames>>| {
-            std::iter::from_fn(|| q.try_recv().ok()).map(|f| f.payload().to_vec()).collect::<Vec<_>>()
+        let payloads = |m: &Mailbox| {
+            let mut outbox = crate::frame::Outbox::new(false);
+            m.take_broadcasts(&mut outbox);
+            outbox.batch.iter().map(|f| f.payload().to_vec()).collect::<Vec<_>>()
         };
-        assert_eq!(payloads(&mut a.queue), [b"local".to_vec(), b"remote".to_vec()]);
-        assert_eq!(payloads(&mut b.queue), [b"local".to_vec(), b"remote".to_vec(), b"only b".to_vec()]);
+        assert_eq!(payloads(&a.mailbox), [b"local".to_vec(), b"remote".to_vec()]);
+        assert_eq!(payloads(&b.mailbox), [b"local".to_vec(), b"remote".to_vec(), b"only b".to_vec()]);
     }
 
     #[test]

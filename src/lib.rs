@@ -14,8 +14,9 @@
 //!   send to one key, kick, close all; over [`registry`] (one connection per key) and
 //!   [`fanout`] (one message -> every queue), and, with a cluster, [`cluster`] (the other nodes
 //!   through Redis: outbox, claims, heartbeats).
-//! - [`writer`]: a connection's queue, replies, pings and close sequence, onto the socket through
-//!   [`frame`] (frames encoded once per message, written from the shared buffer).
+//! - [`writer`]: a connection's [`mailbox`] (its queue of broadcasts and the control frames its
+//!   reader owes) and close sequence, onto the socket through [`frame`] (frames encoded once per
+//!   message, written from the shared buffer).
 //!
 //! Leaves: [`ending`] (how a connection ends, every close code), [`rate`] (the token bucket),
 //! [`gzip`]. Around it: [`config`], [`settings`] (the live settings a reload replaces),
@@ -39,6 +40,7 @@ pub mod gzip;
 pub mod hub;
 pub mod listener;
 pub mod logging;
+pub mod mailbox;
 pub mod metrics;
 pub mod notify;
 pub mod rate;

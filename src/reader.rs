@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::ending;
 use crate::frame;
-use crate::writer::Replies;
+use crate::mailbox::Mailbox;
 
 /// Bytes read from a socket at once, into the worker thread's buffer.
 const READ_CHUNK: usize = 64 * 1024;
@@ -292,13 +292,13 @@ pub struct Reader<'a, R> {
     /// Parsed, not yet taken: one read can carry many frames. Freed when emptied.
     parsed: VecDeque<Incoming>,
     end: Option<ReadEnd>,
-    replies: &'a Replies,
+    replies: &'a Mailbox,
 }
 
 impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
     /// A reader of `io`, starting with `tail` (bytes that came after the upgrade request), for
     /// messages of at most `max` bytes; pongs and close echoes go to `replies`.
-    pub fn new(io: R, tail: &[u8], max: usize, replies: &'a Replies) -> Self {
+    pub fn new(io: R, tail: &[u8], max: usize, replies: &'a Mailbox) -> Self {
         let mut reader = Self { io, parser: Parser::new(max), parsed: VecDeque::new(), end: None, replies };
         reader.absorb(tail);
         reader
@@ -318,6 +318,11 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
             }
             poll_fn(|cx| self.poll_fill(cx)).await;
         }
+    }
+
+    /// The mailbox its replies go to.
+    pub fn mailbox(&self) -> &'a Mailbox {
+        self.replies
     }
 
     /// The socket back, for the linger after a close.
@@ -342,10 +347,10 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
         let (parsed, replies) = (&mut self.parsed, self.replies);
         let mut on = |incoming: Incoming| {
             match &incoming {
-                Incoming::Ping(payload) => replies.push(&frame::encode(frame::PONG, payload)),
+                Incoming::Ping(payload) => replies.reply(&frame::encode(frame::PONG, payload)),
                 Incoming::Close(code) => {
                     let echo = code.map(u16::to_be_bytes);
-                    replies.push(&frame::encode(frame::CLOSE, echo.as_ref().map_or(&[][..], |c| &c[..])));
+                    replies.reply(&frame::encode(frame::CLOSE, echo.as_ref().map_or(&[][..], |c| &c[..])));
                 }
                 _ => {}
             }
@@ -480,13 +485,13 @@ mod tests {
     async fn the_reader_answers_pings_and_echoes_the_close() {
         use tokio::io::AsyncWriteExt;
         let (mut client_side, server_side) = tokio::io::duplex(1024);
-        let replies = Replies::default();
+        let replies = Mailbox::new(1);
         let mut reader = Reader::new(server_side, &client(0x81, b"tail"), 1024, &replies);
         client_side.write_all(&[client(0x89, b"hi"), client(0x88, &4000u16.to_be_bytes())].concat()).await.unwrap();
         assert_eq!(reader.next().await.unwrap(), Incoming::Text("tail".into()));
         assert_eq!(reader.next().await.unwrap(), Incoming::Ping(Bytes::from_static(b"hi")));
         assert_eq!(reader.next().await.unwrap(), Incoming::Close(Some(4000)));
-        assert_eq!(replies.take(), [0x8a, 2, b'h', b'i', 0x88, 2, 0x0f, 0xa0]);
+        assert_eq!(replies.take_replies(), [0x8a, 2, b'h', b'i', 0x88, 2, 0x0f, 0xa0]);
         drop(client_side);
         assert!(matches!(reader.next().await, Err(ReadEnd::Eof)));
     }

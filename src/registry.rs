@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 
 use crate::ending::{Code, Control, Ending};
-use crate::frame::Frames;
+use crate::mailbox::Mailbox;
 
 /// What the admin API shows of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +36,8 @@ pub struct Client {
     pub gzip: bool,
     /// Where it comes from and since when.
     pub info: ClientInfo,
-    /// The connection's bounded send queue.
-    pub queue: mpsc::Sender<Arc<Frames>>,
+    /// The connection's bounded send queue (and its control replies).
+    pub mailbox: Arc<Mailbox>,
     /// How to end it.
     pub control: Arc<Control>,
     /// Its cluster-wide generation (0 until Redis gave it one, or without a cluster).
@@ -144,7 +143,7 @@ mod tests {
     use super::*;
 
     fn client(reg: &Registry, gzip: bool) -> (Client, Arc<Control>) {
-        let (queue, _rx) = mpsc::channel(1);
+        let mailbox = Arc::new(Mailbox::new(1));
         let control = Arc::new(Control::default());
         let info = ClientInfo {
             peer: "127.0.0.1:1".parse().unwrap(),
@@ -154,7 +153,7 @@ mod tests {
             expires: 0,
         };
         let generation = AtomicU64::new(0);
-        (Client { id: reg.next_id(), gzip, info, queue, control: control.clone(), generation }, control)
+        (Client { id: reg.next_id(), gzip, info, mailbox, control: control.clone(), generation }, control)
     }
 
     #[test]

@@ -1,16 +1,15 @@
-//! The writing half of a connection: its queue of broadcasts, the control-frame replies the
-//! reader produces, pings, and the close sequence. It is the only code that writes to a
-//! client's socket once the upgrade is done.
+//! The writing half of a connection: the broadcasts and control frames of its
+//! [`Mailbox`], and the close sequence. It is the only code that writes to a client's socket
+//! once the upgrade is done.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
-use tokio::sync::{mpsc, Notify};
 use tokio::time::{timeout, Instant};
 
 use crate::ending::{Code, Control, Ending};
-use crate::frame::{self, Frames, Outbox};
+use crate::frame::{self, Outbox};
+use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -18,36 +17,6 @@ use crate::shutdown::Shutdown;
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Queued messages a writer takes per write.
 const MAX_BATCH: usize = 64;
-/// Control-frame replies buffered at most, in bytes; past it older pongs are dropped, which
-/// RFC 6455 5.5.3 allows (answer only the latest ping).
-const REPLIES_CAP: usize = 4096;
-
-/// Control frames the reader owes the peer (pongs and the echo of its Close), handed to the
-/// writer.
-#[derive(Debug, Default)]
-pub struct Replies {
-    /// A std Mutex: held to append or take a few bytes, never across an await.
-    frames: Mutex<Vec<u8>>,
-    queued: Notify,
-}
-
-impl Replies {
-    /// Queues whole encoded control frames.
-    pub fn push(&self, frames: &[u8]) {
-        let mut queued = self.frames.lock().unwrap_or_else(|e| e.into_inner());
-        if queued.len() + frames.len() > REPLIES_CAP && frames.first() == Some(&(0x80 | frame::PONG)) {
-            // Only pongs pile up (one close at most follows them): keep the latest.
-            queued.clear();
-        }
-        queued.extend_from_slice(frames);
-        drop(queued);
-        self.queued.notify_one();
-    }
-
-    pub(crate) fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.frames.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
 
 /// How a writer ended, for the connection to log: it knows the peer and the key, the writer
 /// does not (no per-connection span carries them).
@@ -70,40 +39,25 @@ impl Closed {
     }
 }
 
-/// What woke an idle writer.
-enum Wake {
-    Replies,
-    Broadcasts,
-    Ping,
-}
-
 /// One connection's writer.
 pub struct Writer<'a, W> {
     io: &'a mut W,
     outbox: Outbox,
-    queue: mpsc::Receiver<Arc<Frames>>,
+    mailbox: &'a Mailbox,
     control: &'a Control,
-    replies: &'a Replies,
     metrics: &'a Metrics,
 }
 
 impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
-    /// A writer of `queue` to `io` for a client that wants gzip frames or text ones.
-    pub fn new(
-        io: &'a mut W,
-        queue: mpsc::Receiver<Arc<Frames>>,
-        control: &'a Control,
-        replies: &'a Replies,
-        metrics: &'a Metrics,
-        gzip: bool,
-    ) -> Self {
-        Self { io, outbox: Outbox::new(gzip), queue, control, replies, metrics }
+    /// A writer of `mailbox` to `io` for a client that wants gzip frames or text ones.
+    pub fn new(io: &'a mut W, mailbox: &'a Mailbox, control: &'a Control, metrics: &'a Metrics, gzip: bool) -> Self {
+        Self { io, outbox: Outbox::new(gzip), mailbox, control, metrics }
     }
 
     /// Delivers until the connection is ended, calls `leave` (out of the registry before the
     /// close handshake: nothing more is queued for us), then sends what the ending calls for.
-    pub async fn run(&mut self, ping_interval: Duration, shutdown: &Shutdown, leave: impl FnOnce()) -> Closed {
-        let delivered = self.deliver(ping_interval).await;
+    pub async fn run(&mut self, shutdown: &Shutdown, leave: impl FnOnce()) -> Closed {
+        let delivered = self.deliver().await;
         leave();
         if let Err(e) = delivered {
             self.control.end(Ending::Dead("write failed"));
@@ -114,7 +68,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
             // The peer closed: the reader's echo of its Close is among the replies.
             Some(Ending::PeerClosed(_)) => {
                 self.outbox.discard_unstarted();
-                self.outbox.push_control(&self.replies.take());
+                self.outbox.push_control(&self.mailbox.take_replies());
                 let _ = timeout(CLOSE_GRACE, self.outbox.flush(self.io)).await;
                 Closed::Nothing
             }
@@ -122,27 +76,16 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         }
     }
 
-    async fn deliver(&mut self, ping_interval: Duration) -> std::io::Result<()> {
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn deliver(&mut self) -> std::io::Result<()> {
         let control = self.control;
         loop {
-            let woken = tokio::select! {
-                biased;
-                () = control.ended() => return Ok(()),
-                () = self.replies.queued.notified() => Wake::Replies,
-                n = self.queue.recv_many(&mut self.outbox.batch, MAX_BATCH), if self.outbox.batch.is_empty() => {
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    Wake::Broadcasts
+            // Take before waiting: a push into a queue that was not empty wakes nobody.
+            if !self.mailbox.take(&mut self.outbox, MAX_BATCH) {
+                tokio::select! {
+                    biased;
+                    () = control.ended() => return Ok(()),
+                    () = self.mailbox.pushed() => continue,
                 }
-                _ = ping.tick() => Wake::Ping,
-            };
-            match woken {
-                Wake::Replies => self.outbox.push_control(&self.replies.take()),
-                Wake::Ping => self.outbox.push_control(&frame::PING_FRAME),
-                Wake::Broadcasts => {}
             }
             // A blocked write must not keep a slow client from being cut off; the outbox keeps
             // its place when the write is abandoned.
@@ -187,9 +130,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
             self.outbox.discard_unstarted();
         } else {
             // Everything accepted before the close reaches the client first (shutdown, replacement).
-            while let Ok(frames) = self.queue.try_recv() {
-                self.outbox.batch.push(frames);
-            }
+            self.mailbox.take_broadcasts(&mut self.outbox);
         }
         let flushed = self.outbox.flush(self.io).await;
         self.count_sent();
@@ -204,8 +145,12 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    use crate::frame::Frames;
 
     /// Server frames parsed from the wire: (opcode, payload).
     fn parse(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
@@ -222,12 +167,12 @@ mod tests {
         frames
     }
 
-    fn queued(texts: &[&'static str]) -> mpsc::Receiver<Arc<Frames>> {
-        let (tx, rx) = mpsc::channel(16);
+    fn queued(texts: &[&'static str]) -> Mailbox {
+        let mailbox = Mailbox::new(16);
         for t in texts {
-            tx.try_send(Arc::new(Frames::new(Utf8Bytes::from_static(t), 6))).unwrap();
+            mailbox.push(Arc::new(Frames::new(Utf8Bytes::from_static(t), 6)));
         }
-        rx
+        mailbox
     }
 
     async fn read_all(mut client: DuplexStream) -> Vec<(u8, Vec<u8>)> {
@@ -250,9 +195,10 @@ mod tests {
     /// whether it left the registry, and the frames the client got.
     async fn ended_mid_batch(ending: Ending) -> (bool, bool, Vec<(u8, Vec<u8>)>) {
         let (client, mut server) = tokio::io::duplex(16);
-        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let (control, shutdown) = (Control::default(), Shutdown::default());
         let metrics = Metrics::new();
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
+        let mailbox = queued(&[A, B]);
+        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, false);
         let reader = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             read_all(client).await
@@ -262,7 +208,7 @@ mod tests {
             control.end(ending);
         };
         let mut left = false;
-        let (closed, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || left = true), end);
+        let (closed, ()) = tokio::join!(writer.run(&shutdown, || left = true), end);
         drop(writer);
         drop(server);
         (closed.sent(), left, reader.await.unwrap())
@@ -279,11 +225,12 @@ mod tests {
     #[tokio::test]
     async fn after_a_replacement_what_was_queued_is_delivered_then_4000() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
-        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let (control, shutdown) = (Control::default(), Shutdown::default());
         let metrics = Metrics::new();
         control.end(Ending::close(Code::Replaced));
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, true);
-        assert!(writer.run(Duration::from_secs(60), &shutdown, || {}).await.sent());
+        let mailbox = queued(&[A, B]);
+        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, true);
+        assert!(writer.run(&shutdown, || {}).await.sent());
         drop(writer);
         drop(server);
         assert_eq!(
@@ -309,12 +256,13 @@ mod tests {
     async fn a_close_that_cannot_be_written_is_given_up_after_the_grace() {
         // Nobody reads: the pipe fills and the Close can never go out.
         let (_client, mut server) = tokio::io::duplex(16);
-        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let (control, shutdown) = (Control::default(), Shutdown::default());
         let metrics = Metrics::new();
         control.end(Ending::close(Code::TooSlow));
-        let mut writer = Writer::new(&mut server, queued(&[A, B]), &control, &replies, &metrics, false);
+        let mailbox = queued(&[A, B]);
+        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, false);
         let started = Instant::now();
-        let closed = writer.run(Duration::from_secs(60), &shutdown, || {}).await;
+        let closed = writer.run(&shutdown, || {}).await;
         assert!(matches!(closed, Closed::TimedOut), "no Close went out, no reply to wait for: {closed:?}");
         assert!(started.elapsed() >= CLOSE_GRACE && started.elapsed() < CLOSE_GRACE * 2);
     }
@@ -322,15 +270,16 @@ mod tests {
     #[tokio::test]
     async fn replies_go_out_between_frames() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
-        let (control, replies, shutdown) = (Control::default(), Replies::default(), Shutdown::default());
+        let (control, shutdown) = (Control::default(), Shutdown::default());
         let metrics = Metrics::new();
-        replies.push(&frame::encode(frame::PONG, b"p"));
-        let mut writer = Writer::new(&mut server, queued(&[]), &control, &replies, &metrics, false);
+        let mailbox = queued(&[]);
+        mailbox.reply(&frame::encode(frame::PONG, b"p"));
+        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, false);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             control.end(Ending::Dead("test over"));
         };
-        let (closed, ()) = tokio::join!(writer.run(Duration::from_secs(60), &shutdown, || {}), stop);
+        let (closed, ()) = tokio::join!(writer.run(&shutdown, || {}), stop);
         assert!(matches!(closed, Closed::Nothing), "a dead connection sends no Close: {closed:?}");
         drop(writer);
         drop(server);
