@@ -488,10 +488,12 @@ async fn nothing_accepted_is_lost_across_nodes_with_a_drain_in_the_middle() {
     for i in 0..200 {
         send(&mut sender, &format!("m{i}")).await;
     }
+    // The first copy proves the node has begun reading (else the drain could start before it
+    // read anything, and nothing would be accepted); the rest are still in flight.
+    let mut own = vec![recv_text(&mut sender).await];
     // The sender's node drains: what it accepted still reaches the other node.
     let draining = nodes.remove(0);
     let stop = tokio::spawn(draining.d.stop());
-    let mut own = Vec::new();
     while let Some(Ok(m)) = within("the sender's copies", sender.next()).await {
         if m.is_text() {
             own.push(m.into_text().unwrap().to_string());
