@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn, Instrument};
 
+use crate::duplex::Halves;
 use crate::ending::{Code, Control, Ending};
 use crate::frame;
 use crate::gzip::{self, InflateError};
@@ -32,13 +33,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let settings = ctx.live.borrow().clone();
     let deadline = Instant::now() + settings.handshake_timeout;
     let _ = tcp.set_nodelay(true);
-    // Boxed, and built in statements of their own so no temporary outlives them across an
-    // await: otherwise the TLS layout would size every connection's task, plain ones too.
+    // A plain connection runs inline, in the task's own cell: one allocation, not a box in a
+    // box. The TLS branch is boxed, and built in statements of their own so no temporary
+    // outlives them across an await: otherwise its layout would size plain connections too.
     match settings.tls.clone() {
-        None => {
-            let run = Box::pin(handshake_and_run(tcp, peer, deadline, &settings, &ctx));
-            run.await
-        }
+        None => handshake_and_run(tcp, peer, deadline, &settings, &ctx).await,
         Some(acceptor) => {
             let accept = Box::pin(acceptor.accept(tcp));
             let stream = match timeout_at(deadline, accept).await {
@@ -69,7 +68,7 @@ struct Who<'a> {
 #[doc(hidden)]
 pub async fn handshake_and_run<S>(stream: S, peer: SocketAddr, deadline: Instant, settings: &Settings, ctx: &Context)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Halves,
 {
     // Admission runs once the head is complete: a silent connection spends nobody's budget. The
     // token is checked after it, so a flood of bad tokens spends its own address's budget.
@@ -108,8 +107,7 @@ where
     let _counted = Counted::new(&ctx.metrics, settings.tls.is_some());
     let info =
         ClientInfo { peer, tls: settings.tls.is_some(), gzip, connected_at: std::time::SystemTime::now(), expires };
-    let run = Box::pin(run_client(stream, tail, key, info, settings, ctx));
-    run.await
+    run_client(stream, tail, key, info, settings, ctx).await
 }
 
 /// The connection token's check when `[auth]` requires one: the token's `exp` (0 when none is
@@ -134,23 +132,18 @@ fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> R
 
 /// Serves an upgraded client: registration, then a reader that publishes and a writer that
 /// delivers until one of them ends it, then the close handshake. Its future is what every open
-/// connection keeps (boxed), so `tests/footprint.rs` measures it.
+/// connection keeps, so `tests/footprint.rs` measures it.
 #[doc(hidden)]
-pub async fn run_client<S>(
-    stream: S,
+pub async fn run_client<S: Halves>(
+    mut stream: S,
     tail: Vec<u8>,
     key: Box<str>,
     info: ClientInfo,
     settings: &Settings,
     ctx: &Context,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let joined = ctx.hub.join(key, info, settings.send_queue);
     let (member, mailbox, control) = (joined.member, joined.mailbox, joined.control);
-    let (read_half, mut write_half) = tokio::io::split(stream);
-    let mut reader = Reader::new(read_half, &tail, settings.max_message_size, &mailbox);
-    drop(tail);
     let who = Who { peer: info.peer, key: member.key() };
     if ctx.shutdown.is_closing() {
         control.end(Ending::close(Code::GoingAway));
@@ -158,6 +151,9 @@ pub async fn run_client<S>(
     debug!(peer = %who.peer, key = who.key, gzip = info.gzip, "connected");
 
     let (read_end, closed) = {
+        let (read_half, mut write_half) = stream.halves();
+        let mut reader = Reader::new(read_half, &tail, settings.max_message_size, &mailbox);
+        drop(tail);
         let mut writer = Writer::new(&mut write_half, &mailbox, &control, &ctx.metrics, info.gzip);
         let reader = read_loop(&mut reader, ctx, &control, settings, &who);
         let writing = writer.run(&ctx.shutdown, || member.leave());
@@ -188,8 +184,7 @@ pub async fn run_client<S>(
     // After a protocol error the client may still be sending the rest of its bad message; close
     // our side and read until it closes, so our Close frame is not destroyed by a reset.
     if read_end && closed.sent() {
-        let stream = reader.into_inner().unsplit(write_half);
-        let lingering = Box::pin(linger(stream));
+        let lingering = Box::pin(linger(&mut stream));
         lingering.await;
     }
 }

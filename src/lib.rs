@@ -9,7 +9,8 @@
 //!   [`admission`] (per-address and handshake-rate limits, 503) and [`token`] (the connection
 //!   token's check, 401) just before the 101.
 //! - [`connection`]: one task per connection: handshake, join, reader, writer, close; its
-//!   [`reader`] parses the client's frames from one read buffer per worker thread.
+//!   [`reader`] parses the client's frames from one read buffer per worker thread; [`duplex`]
+//!   lends it and the writer the socket's two halves.
 //! - [`hub`]: the only door to delivery: join (a [`hub::Member`] that leaves on drop), publish,
 //!   send to one key, kick, close all; over [`registry`] (one connection per key) and
 //!   [`fanout`] (one message -> every queue), and, with a cluster, [`cluster`] (the other nodes
@@ -33,6 +34,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod duplex;
 pub mod ending;
 pub mod fanout;
 pub mod frame;

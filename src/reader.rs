@@ -325,11 +325,6 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
         self.replies
     }
 
-    /// The socket back, for the linger after a close.
-    pub fn into_inner(self) -> R {
-        self.io
-    }
-
     /// One read into the thread's buffer, parsed at once; the buffer is not held past it.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         READ_BUF.with_borrow_mut(|buf| {

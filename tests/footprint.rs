@@ -19,7 +19,9 @@ async fn connection_futures_stay_small() {
     let ctx = daemon.context_for_tests();
     let serve = wscast::connection::serve(connect(), "127.0.0.1:1".parse().unwrap(), ctx.clone());
     println!("serve future: {} bytes", size_of_val(&serve));
-    assert!(size_of_val(&serve) <= 512, "serve future is {} bytes", size_of_val(&serve));
+    // A plain connection runs inline in its task: this is all a connection's task holds, about
+    // 1,970 bytes in a debug build today. A TLS stream inline would add over a kilobyte.
+    assert!(size_of_val(&serve) <= 2304, "serve future is {} bytes", size_of_val(&serve));
     let settings = wscast::settings::Settings::new(&common::config(), None, Default::default());
     let run = wscast::connection::handshake_and_run(
         connect(),
@@ -29,8 +31,9 @@ async fn connection_futures_stay_small() {
         &ctx,
     );
     println!("handshake_and_run future: {} bytes", size_of_val(&run));
-    // 216-224 bytes today; what outlives the upgrade (a request's leftovers, say a token) shows here.
-    assert!(size_of_val(&run) <= 320, "handshake_and_run future is {} bytes", size_of_val(&run));
+    // run_client's future plus what outlives the upgrade (a request's leftovers, say a token,
+    // would show here).
+    assert!(size_of_val(&run) <= 2048, "handshake_and_run future is {} bytes", size_of_val(&run));
     let info = wscast::hub::ClientInfo {
         peer: "127.0.0.1:1".parse().unwrap(),
         tls: false,
@@ -39,7 +42,7 @@ async fn connection_futures_stay_small() {
         expires: 0,
     };
     let client = wscast::connection::run_client(connect(), Vec::new(), "k".into(), info, &settings, &ctx);
-    println!("run_client future (boxed, kept by every open connection): {} bytes", size_of_val(&client));
+    println!("run_client future (kept by every open connection): {} bytes", size_of_val(&client));
     // 1,544 bytes in a debug build today (the reader and writer futures side by side).
     assert!(size_of_val(&client) <= 2048, "run_client future is {} bytes", size_of_val(&client));
 }
