@@ -24,6 +24,8 @@ use crate::mailbox::Mailbox;
 
 /// Bytes read from a socket at once, into the worker thread's buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Pongs one read may owe, in bytes, before only the latest is kept.
+const OWED_CAP: usize = 1024;
 /// A partial frame's buffer keeps at most this much spare capacity once the frame is parsed.
 const SPARE: usize = 4096;
 
@@ -120,7 +122,9 @@ impl Parser {
         Ok(())
     }
 
-    /// Keeps the start of a frame cut off by the read, reserving room for the whole frame.
+    /// Keeps the start of a frame cut off by the read, reserving room for the whole frame up to
+    /// one read's worth: a client that announces a large frame and sends it slowly gets the
+    /// room as the bytes come, not on its word.
     fn keep(&mut self, rest: &[u8]) {
         if rest.is_empty() || self.closed {
             return;
@@ -129,7 +133,7 @@ impl Parser {
             Ok(Some(h)) => h.len + h.payload,
             _ => rest.len(),
         };
-        self.partial.reserve_exact(whole);
+        self.partial.reserve_exact(whole.min(READ_CHUNK));
         self.partial.extend_from_slice(rest);
     }
 
@@ -338,21 +342,39 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
         })
     }
 
+    /// Parses one read. What it owes the peer goes to the mailbox once per read: a pong for
+    /// every ping, but past [`OWED_CAP`] bytes of them only the latest (RFC 6455 5.5.3 allows
+    /// answering only the latest), then the echo of a Close. A run of
+    /// pings and pongs comes out as one: the connection needs only the liveness they prove, and
+    /// a flood of them costs neither a lock nor an entry each.
     fn absorb(&mut self, bytes: &[u8]) {
-        let (parsed, replies) = (&mut self.parsed, self.replies);
+        let parsed = &mut self.parsed;
+        let mut owed = Vec::new();
         let mut on = |incoming: Incoming| {
+            let control = matches!(incoming, Incoming::Ping(_) | Incoming::Pong);
             match &incoming {
-                Incoming::Ping(payload) => replies.reply(&frame::encode(frame::PONG, payload)),
+                Incoming::Ping(payload) => {
+                    let pong = frame::encode(frame::PONG, payload);
+                    if owed.len() + pong.len() > OWED_CAP {
+                        owed.clear();
+                    }
+                    owed.extend_from_slice(&pong);
+                }
                 Incoming::Close(code) => {
                     let echo = code.map(u16::to_be_bytes);
-                    replies.reply(&frame::encode(frame::CLOSE, echo.as_ref().map_or(&[][..], |c| &c[..])));
+                    owed.extend_from_slice(&frame::encode(frame::CLOSE, echo.as_ref().map_or(&[][..], |c| &c[..])));
                 }
                 _ => {}
             }
-            parsed.push_back(incoming);
+            if !(control && matches!(parsed.back(), Some(Incoming::Ping(_) | Incoming::Pong))) {
+                parsed.push_back(incoming);
+            }
         };
         if let Err(e) = self.parser.absorb(bytes, &mut on) {
             self.end = Some(ReadEnd::Frame(e));
+        }
+        if !owed.is_empty() {
+            self.replies.reply(&owed);
         }
     }
 }
@@ -474,6 +496,25 @@ mod tests {
             let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
             assert_eq!(fast, slow, "{len}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_ping_flood_in_one_read_is_one_event_and_one_pong() {
+        let flood: Vec<u8> = (0..1000u16).flat_map(|i| client(0x89, &i.to_be_bytes())).collect();
+        let replies = Mailbox::new(1);
+        let mut reader = Reader::new(tokio::io::empty(), &[flood, client(0x81, b"after")].concat(), 1024, &replies);
+        assert_eq!(reader.next().await.unwrap(), Incoming::Ping(Bytes::from_static(&[0, 0])));
+        assert_eq!(reader.next().await.unwrap(), Incoming::Text("after".into()));
+        let owed = replies.take_replies();
+        assert!(owed.len() <= OWED_CAP && owed.ends_with(&[0x8a, 2, 0x03, 0xe7]), "bounded, the latest last");
+    }
+
+    #[test]
+    fn a_large_frame_announced_is_not_reserved_before_it_comes() {
+        let mut p = Parser::new(32 << 20);
+        let header = [0x81, 0xff, 0, 0, 0, 0, 0x01, 0, 0, 0, 1, 2, 3, 4];
+        p.absorb(&header, &mut |_| {}).unwrap();
+        assert!(p.partial.capacity() <= READ_CHUNK, "{}", p.partial.capacity());
     }
 
     #[tokio::test]
