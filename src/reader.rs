@@ -113,9 +113,13 @@ impl Parser {
         buf.extend_from_slice(bytes);
         let used = self.parse_all(&buf, on)?;
         if used < buf.len() && !self.closed {
-            buf.drain(..used);
-            if buf.capacity() > buf.len() + SPARE {
-                buf.shrink_to(buf.len() + SPARE);
+            // Shrunk only once a frame is done: shrinking a frame still growing would copy it
+            // again at every read.
+            if used > 0 {
+                buf.drain(..used);
+                if buf.capacity() > buf.len() + SPARE {
+                    buf.shrink_to(buf.len() + SPARE);
+                }
             }
             self.partial = buf;
         }
@@ -515,6 +519,20 @@ mod tests {
         let header = [0x81, 0xff, 0, 0, 0, 0, 0x01, 0, 0, 0, 1, 2, 3, 4];
         p.absorb(&header, &mut |_| {}).unwrap();
         assert!(p.partial.capacity() <= READ_CHUNK, "{}", p.partial.capacity());
+    }
+
+    #[test]
+    fn a_frame_over_many_reads_grows_its_buffer_geometrically() {
+        let bytes = client(0x82, &vec![7; 1 << 20]);
+        let mut p = Parser::new(2 << 20);
+        let mut capacities = std::collections::BTreeSet::new();
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(READ_CHUNK) {
+            p.absorb(chunk, &mut |i| got.push(i)).unwrap();
+            capacities.insert(p.partial.capacity());
+        }
+        assert!(capacities.len() <= 8, "reallocated at {} reads: {capacities:?}", capacities.len());
+        assert_eq!(got, [Incoming::Binary(vec![7; 1 << 20].into())]);
     }
 
     #[tokio::test]
