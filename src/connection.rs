@@ -14,7 +14,6 @@ use tracing::{debug, warn, Instrument};
 
 use crate::duplex::Halves;
 use crate::ending::{Code, Control, Ending};
-use crate::frame;
 use crate::gzip::{self, InflateError};
 use crate::hub::ClientInfo;
 use crate::mailbox::Mailbox;
@@ -286,7 +285,7 @@ impl Heartbeat {
             return false;
         }
         if now >= self.next_ping {
-            mailbox.reply(&frame::PING_FRAME);
+            mailbox.ping();
             self.next_ping = now + self.ping_interval;
         }
         true

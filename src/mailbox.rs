@@ -85,6 +85,19 @@ impl Mailbox {
         self.ready.notify_one();
     }
 
+    /// Queues the heartbeat's Ping, unless control frames are still waiting: a writer that has
+    /// not taken them is blocked on a client that does not read, and pings must not pile up
+    /// behind it.
+    pub fn ping(&self) {
+        let mut inner = self.lock();
+        if !inner.replies.is_empty() {
+            return;
+        }
+        inner.replies.extend_from_slice(&frame::PING_FRAME);
+        drop(inner);
+        self.ready.notify_one();
+    }
+
     /// Broadcasts waiting.
     pub fn len(&self) -> usize {
         self.lock().queue.len()
@@ -169,6 +182,18 @@ mod tests {
         assert!(mailbox.take(&mut outbox, 64));
         assert_eq!(outbox.batch.len(), 1);
         assert!(mailbox.take_replies().is_empty(), "taken with the broadcast");
+    }
+
+    #[test]
+    fn pings_do_not_pile_up_behind_a_blocked_writer() {
+        let mailbox = Mailbox::new(4);
+        for _ in 0..1000 {
+            mailbox.ping();
+        }
+        assert_eq!(mailbox.take_replies(), frame::PING_FRAME);
+        mailbox.reply(&frame::encode(frame::PONG, b"p"));
+        mailbox.ping();
+        assert_eq!(mailbox.take_replies(), [0x8a, 1, b'p'], "a waiting pong proves the writer is behind");
     }
 
     #[tokio::test]
