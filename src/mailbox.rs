@@ -19,6 +19,23 @@ const REPLIES_CAP: usize = 4096;
 /// Queue slots an emptied queue keeps; a larger buffer (after a burst) is freed.
 const KEPT_SLOTS: usize = 8;
 
+/// Appends the pong of a ping with `payload` to `frames`; past [`REPLIES_CAP`] the older pongs
+/// there are dropped (RFC 6455 5.5.3 allows answering only the latest ping). The one rule for
+/// pongs, whether they wait in the mailbox or in what one read owes.
+pub fn owe_pong(frames: &mut Vec<u8>, payload: &[u8]) {
+    let pong = frame::encode(frame::PONG, payload);
+    add_bounded(frames, &pong);
+}
+
+/// Appends control frames; when they start with a pong and would pass the cap, the pongs
+/// waiting are dropped first (only pongs pile up: one Close at most follows them).
+fn add_bounded(frames: &mut Vec<u8>, more: &[u8]) {
+    if frames.len() + more.len() > REPLIES_CAP && more.first() == Some(&(0x80 | frame::PONG)) {
+        frames.clear();
+    }
+    frames.extend_from_slice(more);
+}
+
 /// What a push came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
@@ -75,12 +92,7 @@ impl Mailbox {
     /// Queues whole encoded control frames for the writer.
     pub fn reply(&self, frames: &[u8]) {
         let mut inner = self.lock();
-        let replies = &mut inner.replies;
-        if replies.len() + frames.len() > REPLIES_CAP && frames.first() == Some(&(0x80 | frame::PONG)) {
-            // Only pongs pile up (one close at most follows them): keep the latest.
-            replies.clear();
-        }
-        replies.extend_from_slice(frames);
+        add_bounded(&mut inner.replies, frames);
         drop(inner);
         self.ready.notify_one();
     }

@@ -20,12 +20,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::ending;
 use crate::frame;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{self, Mailbox};
 
 /// Bytes read from a socket at once, into the worker thread's buffer.
 const READ_CHUNK: usize = 64 * 1024;
-/// Pongs one read may owe, in bytes, before only the latest is kept.
-const OWED_CAP: usize = 1024;
 /// A partial frame's buffer keeps at most this much spare capacity once the frame is parsed.
 const SPARE: usize = 4096;
 
@@ -105,13 +103,13 @@ impl Parser {
     /// error, the frames before it have been handed over and the parser must not be fed again.
     pub fn absorb(&mut self, bytes: &[u8], on: &mut dyn FnMut(Incoming)) -> Result<(), FrameError> {
         if self.partial.is_empty() {
-            let used = self.parse_all(bytes, on)?;
-            self.keep(&bytes[used..]);
+            let (used, next) = self.parse_all(bytes, on)?;
+            self.keep(&bytes[used..], next);
             return Ok(());
         }
         let mut buf = std::mem::take(&mut self.partial);
         buf.extend_from_slice(bytes);
-        let used = self.parse_all(&buf, on)?;
+        let (used, _) = self.parse_all(&buf, on)?;
         if used < buf.len() && !self.closed {
             // Shrunk only once a frame is done: shrinking a frame still growing would copy it
             // again at every read.
@@ -129,35 +127,31 @@ impl Parser {
     /// Keeps the start of a frame cut off by the read, reserving room for the whole frame up to
     /// one read's worth: a client that announces a large frame and sends it slowly gets the
     /// room as the bytes come, not on its word.
-    fn keep(&mut self, rest: &[u8]) {
+    fn keep(&mut self, rest: &[u8], whole: usize) {
         if rest.is_empty() || self.closed {
             return;
         }
-        let whole = match self.header(rest) {
-            Ok(Some(h)) => h.len + h.payload,
-            _ => rest.len(),
-        };
-        self.partial.reserve_exact(whole.min(READ_CHUNK));
+        self.partial.reserve_exact(whole.max(rest.len()).min(READ_CHUNK));
         self.partial.extend_from_slice(rest);
     }
 
-    /// Parses every complete frame in `buf`; returns the bytes used.
-    fn parse_all(&mut self, buf: &[u8], on: &mut dyn FnMut(Incoming)) -> Result<usize, FrameError> {
+    /// Parses every complete frame in `buf`; returns the bytes used, and the size of the frame
+    /// it stopped in when its header was complete (else 0).
+    fn parse_all(&mut self, buf: &[u8], on: &mut dyn FnMut(Incoming)) -> Result<(usize, usize), FrameError> {
         let mut used = 0;
         while !self.closed {
             let Some(h) = self.header(&buf[used..])? else { break };
             let end = used + h.len + h.payload;
             if buf.len() < end {
-                break;
+                return Ok((used, h.len + h.payload));
             }
-            let mut payload = buf[used + h.len..end].to_vec();
-            unmask(&mut payload, h.mask);
+            let masked = &buf[used + h.len..end];
             used = end;
-            if let Some(incoming) = self.frame(&h, payload)? {
+            if let Some(incoming) = self.frame(&h, masked)? {
                 on(incoming);
             }
         }
-        Ok(used)
+        Ok((used, 0))
     }
 
     /// The header at the start of `buf`, none while it is incomplete. Refuses what no later
@@ -201,20 +195,29 @@ impl Parser {
         Ok(Some(Header { fin, opcode, mask, len: at + 4, payload: payload as usize }))
     }
 
-    /// What one whole, unmasked frame means.
-    fn frame(&mut self, h: &Header, payload: Vec<u8>) -> Result<Option<Incoming>, FrameError> {
+    /// What one whole frame means; `masked` is its payload as it came.
+    fn frame(&mut self, h: &Header, masked: &[u8]) -> Result<Option<Incoming>, FrameError> {
+        let unmasked = || {
+            let mut payload = masked.to_vec();
+            unmask(&mut payload, h.mask);
+            payload
+        };
         match (h.opcode, self.message.as_mut()) {
-            (frame::PING, _) => Ok(Some(Incoming::Ping(payload.into()))),
+            (frame::PING, _) => Ok(Some(Incoming::Ping(unmasked().into()))),
             (frame::PONG, _) => Ok(Some(Incoming::Pong)),
             (frame::CLOSE, _) => {
                 self.closed = true;
-                close_code(&payload).map(|code| Some(Incoming::Close(code)))
+                close_code(&unmasked()).map(|code| Some(Incoming::Close(code)))
             }
             (frame::CONTINUATION, None) => Err(FrameError::Protocol("continuation without a message")),
             (frame::CONTINUATION, Some(m)) => {
-                m.data.extend_from_slice(&payload);
-                if m.text {
-                    m.checked = check_utf8(&m.data, m.checked, h.fin)?;
+                // Unmasked where it lands: one copy of each fragment, not two.
+                let start = m.data.len();
+                m.data.extend_from_slice(masked);
+                unmask(&mut m.data[start..], h.mask);
+                // The last fragment is checked with the whole message, in `whole`.
+                if m.text && !h.fin {
+                    m.checked = check_utf8(&m.data, m.checked)?;
                 }
                 if !h.fin {
                     return Ok(None);
@@ -223,11 +226,11 @@ impl Parser {
                 Ok(Some(whole(m.text, m.data)?))
             }
             (_, Some(_)) => Err(FrameError::Protocol("a new message before the last one ended")),
-            (opcode, None) if h.fin => Ok(Some(whole(opcode == frame::TEXT, payload)?)),
+            (opcode, None) if h.fin => Ok(Some(whole(opcode == frame::TEXT, unmasked())?)),
             (opcode, None) => {
-                let text = opcode == frame::TEXT;
-                let checked = if text { check_utf8(&payload, 0, false)? } else { 0 };
-                self.message = Some(Fragmented { text, data: payload, checked });
+                let (text, data) = (opcode == frame::TEXT, unmasked());
+                let checked = if text { check_utf8(&data, 0)? } else { 0 };
+                self.message = Some(Fragmented { text, data, checked });
                 Ok(None)
             }
         }
@@ -243,12 +246,12 @@ fn whole(text: bool, data: Vec<u8>) -> Result<Incoming, FrameError> {
     }
 }
 
-/// Checks `data[from..]`; returns how far it is valid. An incomplete character at the end is
-/// allowed until the message is `complete`.
-fn check_utf8(data: &[u8], from: usize, complete: bool) -> Result<usize, FrameError> {
+/// Checks `data[from..]` of a message still under way; returns how far it is valid. An
+/// incomplete character at the end is allowed: the next fragment may complete it.
+fn check_utf8(data: &[u8], from: usize) -> Result<usize, FrameError> {
     match std::str::from_utf8(&data[from..]) {
         Ok(_) => Ok(data.len()),
-        Err(e) if e.error_len().is_none() && !complete => Ok(from + e.valid_up_to()),
+        Err(e) if e.error_len().is_none() => Ok(from + e.valid_up_to()),
         Err(_) => Err(FrameError::Utf8),
     }
 }
@@ -347,8 +350,7 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
     }
 
     /// Parses one read. What it owes the peer goes to the mailbox once per read: a pong for
-    /// every ping, but past [`OWED_CAP`] bytes of them only the latest (RFC 6455 5.5.3 allows
-    /// answering only the latest), then the echo of a Close. A run of
+    /// every ping (bounded by [`mailbox::owe_pong`]), then the echo of a Close. A run of
     /// pings and pongs comes out as one: the connection needs only the liveness they prove, and
     /// a flood of them costs neither a lock nor an entry each.
     fn absorb(&mut self, bytes: &[u8]) {
@@ -357,13 +359,7 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
         let mut on = |incoming: Incoming| {
             let control = matches!(incoming, Incoming::Ping(_) | Incoming::Pong);
             match &incoming {
-                Incoming::Ping(payload) => {
-                    let pong = frame::encode(frame::PONG, payload);
-                    if owed.len() + pong.len() > OWED_CAP {
-                        owed.clear();
-                    }
-                    owed.extend_from_slice(&pong);
-                }
+                Incoming::Ping(payload) => mailbox::owe_pong(&mut owed, payload),
                 Incoming::Close(code) => {
                     let echo = code.map(u16::to_be_bytes);
                     owed.extend_from_slice(&frame::encode(frame::CLOSE, echo.as_ref().map_or(&[][..], |c| &c[..])));
@@ -504,13 +500,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_ping_flood_in_one_read_is_one_event_and_one_pong() {
-        let flood: Vec<u8> = (0..1000u16).flat_map(|i| client(0x89, &i.to_be_bytes())).collect();
+        let flood: Vec<u8> = (0..2000u16).flat_map(|i| client(0x89, &i.to_be_bytes())).collect();
         let replies = Mailbox::new(1);
         let mut reader = Reader::new(tokio::io::empty(), &[flood, client(0x81, b"after")].concat(), 1024, &replies);
         assert_eq!(reader.next().await.unwrap(), Incoming::Ping(Bytes::from_static(&[0, 0])));
         assert_eq!(reader.next().await.unwrap(), Incoming::Text("after".into()));
         let owed = replies.take_replies();
-        assert!(owed.len() <= OWED_CAP && owed.ends_with(&[0x8a, 2, 0x03, 0xe7]), "bounded, the latest last");
+        assert!(owed.len() <= 4096 && owed.ends_with(&[0x8a, 2, 0x07, 0xcf]), "bounded, the latest last");
     }
 
     #[test]
