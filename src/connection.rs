@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn, Instrument};
 
-use crate::duplex::Halves;
+use crate::duplex::{Halves, SharedTcp};
 use crate::ending::{Code, Control, Ending};
 use crate::gzip::{self, InflateError};
 use crate::hub::ClientInfo;
@@ -36,7 +36,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     // box. The TLS branch is boxed, and built in statements of their own so no temporary
     // outlives them across an await: otherwise its layout would size plain connections too.
     match settings.tls.clone() {
-        None => handshake_and_run(tcp, peer, deadline, &settings, &ctx).await,
+        None => handshake_and_run(SharedTcp(Arc::new(tcp)), peer, deadline, &settings, &ctx).await,
         Some(acceptor) => {
             let accept = Box::pin(acceptor.accept(tcp));
             let stream = match timeout_at(deadline, accept).await {
@@ -141,7 +141,7 @@ pub async fn run_client<S: Halves>(
     settings: &Settings,
     ctx: &Context,
 ) {
-    let joined = ctx.hub.join(key, info, settings.send_queue);
+    let joined = ctx.hub.join(key, info, settings.send_queue, stream.direct());
     let (member, mailbox, control) = (joined.member, joined.mailbox, joined.control);
     let who = Who { peer: info.peer, key: member.key() };
     if ctx.shutdown.is_closing() {

@@ -166,7 +166,7 @@ impl Daemon {
         };
         let ctx = Arc::new(Context {
             admission: Admission::new(config.server.ipv6_prefix),
-            hub: Arc::new(hub),
+            hub: Arc::new(hub.counting(&metrics)),
             live: live_rx,
             shutdown: Shutdown::default(),
             metrics,

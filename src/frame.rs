@@ -131,6 +131,14 @@ impl Outbox {
         self.control.extend_from_slice(frames);
     }
 
+    /// Takes over a broadcast of which `written` bytes went out already (by a direct write); the
+    /// outbox must hold no broadcast.
+    pub fn resume(&mut self, frames: Arc<Frames>, written: usize) {
+        debug_assert!(self.batch.is_empty() && self.written == 0);
+        self.batch.insert(0, frames);
+        self.written = written;
+    }
+
     /// Drops every broadcast not yet started; one already half-written is kept, since the
     /// stream would be corrupt without its rest.
     pub fn discard_unstarted(&mut self) {

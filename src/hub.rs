@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::cluster::Link;
 use crate::ending::{Code, Control, Ending};
 use crate::fanout;
+use crate::flusher::Flusher;
 use crate::frame::Frames;
 use crate::mailbox::Mailbox;
 pub use crate::registry::ClientInfo;
@@ -35,6 +36,8 @@ pub struct Hub {
     /// The earliest token `exp` of any connection (Unix seconds), so the expiry sweep walks the
     /// registry only when something is due.
     next_expiry: AtomicU64,
+    /// Writes what fan-outs queue for plain connections.
+    flusher: Flusher,
 }
 
 /// Where a key is connected.
@@ -97,7 +100,7 @@ impl Drop for Member<'_> {
 impl Hub {
     /// An empty hub following the live settings.
     pub fn new(live: watch::Receiver<Arc<Settings>>) -> Self {
-        Self { registry: Registry::default(), live, link: None, pending: DashMap::new(), next_expiry: u64::MAX.into() }
+        Self { registry: Registry::default(), live, link: None, pending: DashMap::new(), next_expiry: u64::MAX.into(), flusher: Flusher::new(Default::default()) }
     }
 
     /// A hub whose messages also go to the other nodes of a cluster through `link`.
@@ -105,15 +108,28 @@ impl Hub {
         Self { link: Some(link), ..Self::new(live) }
     }
 
+    /// Counts what the flusher writes in `metrics` (a hub without them counts in counters
+    /// nobody reads).
+    pub fn counting(self, metrics: &crate::metrics::Metrics) -> Self {
+        Self { flusher: Flusher::new(fanout::Sent::of(metrics)), ..self }
+    }
+
     /// The cluster link, if any.
     pub fn link(&self) -> Option<&Arc<Link>> {
         self.link.as_ref()
     }
 
-    /// Registers a connection under `key` with a queue of `queue_len` messages; a connection
-    /// already there is closed with 4000.
-    pub fn join(&self, key: Box<str>, info: ClientInfo, queue_len: usize) -> Joined<'_> {
-        let mailbox = Arc::new(Mailbox::new(queue_len));
+    /// Registers a connection under `key` with a queue of `queue_len` messages, whose
+    /// broadcasts go straight to `socket` when it takes them; a connection already there is
+    /// closed with 4000.
+    pub fn join(
+        &self,
+        key: Box<str>,
+        info: ClientInfo,
+        queue_len: usize,
+        socket: Option<Arc<tokio::net::TcpStream>>,
+    ) -> Joined<'_> {
+        let mailbox = Arc::new(Mailbox::new(queue_len, info.gzip, socket));
         let control = Arc::new(Control::default());
         let id = self.registry.next_id();
         let generation = Default::default();
@@ -150,7 +166,7 @@ impl Hub {
     /// Delivers `text` to the connection holding `key`; false when none does (or it is gone).
     pub fn send_to(&self, key: &str, text: Utf8Bytes) -> bool {
         let frames = self.frames(text);
-        self.registry.with(key, |client| fanout::to_one(client, &frames)).unwrap_or(false)
+        self.registry.with(key, |client| fanout::to_single(client, &frames, &self.flusher)).unwrap_or(false)
     }
 
     /// Where `key` is connected, asking Redis when it is not here.
@@ -325,7 +341,7 @@ impl Hub {
     }
 
     fn deliver_local(&self, text: Utf8Bytes) -> usize {
-        fanout::to_all(&self.registry, &self.frames(text))
+        fanout::to_all(&self.registry, &self.frames(text), &self.flusher)
     }
 
     fn frames(&self, text: Utf8Bytes) -> Arc<Frames> {
@@ -362,16 +378,16 @@ mod tests {
     fn expiry_closes_only_the_connections_whose_exp_has_come() {
         let hub = hub();
         let with_exp = |exp| ClientInfo { expires: exp, ..info(false) };
-        let soon = hub.join("soon".into(), with_exp(100), 4);
-        let later = hub.join("later".into(), with_exp(200), 4);
-        let never = hub.join("never".into(), info(false), 4);
+        let soon = hub.join("soon".into(), with_exp(100), 4, None);
+        let later = hub.join("later".into(), with_exp(200), 4, None);
+        let never = hub.join("never".into(), info(false), 4, None);
         assert_eq!(hub.expire(99), 0);
         assert_eq!(hub.expire(100), 1, "at exp, not after it");
         assert_eq!(soon.control.ending().and_then(Ending::code), Some(Code::TokenExpired));
         assert_eq!(later.control.ending(), None);
         assert_eq!(hub.next_expiry.load(Ordering::Relaxed), 200, "the next walk waits for the next exp");
         assert_eq!(hub.expire(150), 0);
-        let sooner = hub.join("sooner".into(), with_exp(120), 4);
+        let sooner = hub.join("sooner".into(), with_exp(120), 4, None);
         assert_eq!(hub.expire(120), 1, "a join lowers the next walk's time");
         assert_eq!(sooner.control.ending().and_then(Ending::code), Some(Code::TokenExpired));
         assert_eq!(hub.expire(1000), 1);
@@ -382,8 +398,8 @@ mod tests {
     #[test]
     fn a_member_leaves_on_drop_and_never_removes_its_successor() {
         let hub = hub();
-        let first = hub.join("k".into(), info(false), 4);
-        let second = hub.join("k".into(), info(true), 4);
+        let first = hub.join("k".into(), info(false), 4, None);
+        let second = hub.join("k".into(), info(true), 4, None);
         assert_eq!(first.control.ending().and_then(Ending::code), Some(Code::Replaced));
         drop(first);
         assert_eq!(hub.len(), 1, "the replaced member's drop left the successor in place");
@@ -394,8 +410,8 @@ mod tests {
     #[test]
     fn publish_and_deliver_remote_reach_everyone_send_to_one() {
         let hub = hub();
-        let a = hub.join("a".into(), info(false), 4);
-        let b = hub.join("b".into(), info(true), 4);
+        let a = hub.join("a".into(), info(false), 4, None);
+        let b = hub.join("b".into(), info(true), 4, None);
         assert_eq!(hub.publish(text("local")), 2);
         assert_eq!(hub.deliver_remote(text("remote")), 2);
         assert!(hub.send_to("b", text("only b")));
@@ -414,7 +430,7 @@ mod tests {
     #[test]
     fn a_full_queue_is_closed_with_4001() {
         let hub = hub();
-        let slow = hub.join("slow".into(), info(false), 1);
+        let slow = hub.join("slow".into(), info(false), 1, None);
         assert_eq!(hub.publish(text("one")), 1);
         assert_eq!(hub.publish(text("two")), 0);
         assert_eq!(slow.control.ending().and_then(Ending::code), Some(Code::TooSlow));
@@ -434,13 +450,13 @@ mod tests {
     fn the_highest_generation_wins_whatever_order_claims_and_replies_come_in() {
         let hub = clustered();
         // A remote claim overtakes the reply to ours: kept, and it wins when the reply comes.
-        let a = hub.join("a".into(), info(false), 4);
+        let a = hub.join("a".into(), info(false), 4, None);
         hub.claim_seen("a", 7);
         assert_eq!(a.control.ending(), None);
         hub.claimed("a", id_of(&hub, "a"), 5);
         assert_eq!(a.control.ending().and_then(Ending::code), Some(Code::Replaced));
         // A lower remote claim, before or after our reply, changes nothing.
-        let b = hub.join("b".into(), info(false), 4);
+        let b = hub.join("b".into(), info(false), 4, None);
         hub.claim_seen("b", 3);
         hub.claimed("b", id_of(&hub, "b"), 9);
         hub.claim_seen("b", 8);
@@ -456,7 +472,7 @@ mod tests {
     #[test]
     fn a_publish_is_queued_for_the_other_nodes_in_order() {
         let hub = clustered();
-        let _a = hub.join("a".into(), info(false), 4);
+        let _a = hub.join("a".into(), info(false), 4, None);
         hub.publish(text("one"));
         hub.publish(text("two"));
         let link = hub.link().unwrap();
@@ -470,8 +486,8 @@ mod tests {
     #[test]
     fn kick_and_close_all() {
         let hub = hub();
-        let a = hub.join("a".into(), info(false), 4);
-        let b = hub.join("b".into(), info(false), 4);
+        let a = hub.join("a".into(), info(false), 4, None);
+        let b = hub.join("b".into(), info(false), 4, None);
         assert!(hub.kick("a", Code::Kicked, "bye"));
         assert!(!hub.kick("nobody", Code::Kicked, "bye"));
         assert_eq!(a.control.ending(), Some(&Ending::close_because(Code::Kicked, "bye")));

@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod duplex;
 pub mod ending;
 pub mod fanout;
+pub mod flusher;
 pub mod frame;
 pub mod gzip;
 pub mod hub;

@@ -356,11 +356,13 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
     fn absorb(&mut self, bytes: &[u8]) {
         let parsed = &mut self.parsed;
         let mut owed = Vec::new();
+        let mut closing = false;
         let mut on = |incoming: Incoming| {
             let control = matches!(incoming, Incoming::Ping(_) | Incoming::Pong);
             match &incoming {
                 Incoming::Ping(payload) => mailbox::owe_pong(&mut owed, payload),
                 Incoming::Close(code) => {
+                    closing = true;
                     let echo = code.map(u16::to_be_bytes);
                     owed.extend_from_slice(&frame::encode(frame::CLOSE, echo.as_ref().map_or(&[][..], |c| &c[..])));
                 }
@@ -374,7 +376,7 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
             self.end = Some(ReadEnd::Frame(e));
         }
         if !owed.is_empty() {
-            self.replies.reply(&owed);
+            self.replies.reply(&owed, closing);
         }
     }
 }
@@ -501,7 +503,7 @@ mod tests {
     #[tokio::test]
     async fn a_ping_flood_in_one_read_is_one_event_and_one_pong() {
         let flood: Vec<u8> = (0..2000u16).flat_map(|i| client(0x89, &i.to_be_bytes())).collect();
-        let replies = Mailbox::new(1);
+        let replies = Mailbox::new(1, false, None);
         let mut reader = Reader::new(tokio::io::empty(), &[flood, client(0x81, b"after")].concat(), 1024, &replies);
         assert_eq!(reader.next().await.unwrap(), Incoming::Ping(Bytes::from_static(&[0, 0])));
         assert_eq!(reader.next().await.unwrap(), Incoming::Text("after".into()));
@@ -535,7 +537,7 @@ mod tests {
     async fn the_reader_answers_pings_and_echoes_the_close() {
         use tokio::io::AsyncWriteExt;
         let (mut client_side, server_side) = tokio::io::duplex(1024);
-        let replies = Mailbox::new(1);
+        let replies = Mailbox::new(1, false, None);
         let mut reader = Reader::new(server_side, &client(0x81, b"tail"), 1024, &replies);
         client_side.write_all(&[client(0x89, b"hi"), client(0x88, &4000u16.to_be_bytes())].concat()).await.unwrap();
         assert_eq!(reader.next().await.unwrap(), Incoming::Text("tail".into()));

@@ -143,7 +143,7 @@ mod tests {
     use super::*;
 
     fn client(reg: &Registry, gzip: bool) -> (Client, Arc<Control>) {
-        let mailbox = Arc::new(Mailbox::new(1));
+        let mailbox = Arc::new(Mailbox::new(1, false, None));
         let control = Arc::new(Control::default());
         let info = ClientInfo {
             peer: "127.0.0.1:1".parse().unwrap(),

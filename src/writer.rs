@@ -68,6 +68,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
             // The peer closed: the reader's echo of its Close is among the replies.
             Some(Ending::PeerClosed(_)) => {
                 self.outbox.discard_unstarted();
+                self.mailbox.take_started(&mut self.outbox);
                 self.outbox.push_control(&self.mailbox.take_replies());
                 let _ = timeout(CLOSE_GRACE, self.outbox.flush(self.io)).await;
                 Closed::Nothing
@@ -128,6 +129,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         if code == Code::TooSlow {
             self.metrics.slow_consumers.inc();
             self.outbox.discard_unstarted();
+            self.mailbox.take_started(&mut self.outbox);
         } else {
             // Everything accepted before the close reaches the client first (shutdown, replacement).
             self.mailbox.take_broadcasts(&mut self.outbox);
@@ -168,9 +170,9 @@ mod tests {
     }
 
     fn queued(texts: &[&'static str]) -> Mailbox {
-        let mailbox = Mailbox::new(16);
+        let mailbox = Mailbox::new(16, false, None);
         for t in texts {
-            mailbox.push(Arc::new(Frames::new(Utf8Bytes::from_static(t), 6)));
+            mailbox.push(&Arc::new(Frames::new(Utf8Bytes::from_static(t), 6)));
         }
         mailbox
     }
@@ -273,7 +275,7 @@ mod tests {
         let (control, shutdown) = (Control::default(), Shutdown::default());
         let metrics = Metrics::new();
         let mailbox = queued(&[]);
-        mailbox.reply(&frame::encode(frame::PONG, b"p"));
+        mailbox.reply(&frame::encode(frame::PONG, b"p"), false);
         let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, false);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
