@@ -100,7 +100,14 @@ impl Drop for Member<'_> {
 impl Hub {
     /// An empty hub following the live settings.
     pub fn new(live: watch::Receiver<Arc<Settings>>) -> Self {
-        Self { registry: Registry::default(), live, link: None, pending: DashMap::new(), next_expiry: u64::MAX.into(), flusher: Flusher::new(Default::default()) }
+        Self {
+            registry: Registry::default(),
+            live,
+            link: None,
+            pending: DashMap::new(),
+            next_expiry: u64::MAX.into(),
+            flusher: Flusher::new(Default::default()),
+        }
     }
 
     /// A hub whose messages also go to the other nodes of a cluster through `link`.

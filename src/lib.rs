@@ -13,7 +13,8 @@
 //!   lends it and the writer the socket's two halves.
 //! - [`hub`]: the only door to delivery: join (a [`hub::Member`] that leaves on drop), publish,
 //!   send to one key, kick, close all; over [`registry`] (one connection per key) and
-//!   [`fanout`] (one message -> every queue), and, with a cluster, [`cluster`] (the other nodes
+//!   [`fanout`] (one message -> every queue, plain ones marked dirty for the [`flusher`], which
+//!   writes each its whole queue in one corked write), and, with a cluster, [`cluster`] (the other nodes
 //!   through Redis: outbox, claims, heartbeats).
 //! - [`writer`]: a connection's [`mailbox`] (its queue of broadcasts and the control frames its
 //!   reader owes) and close sequence, onto the socket through [`frame`] (frames encoded once per
