@@ -38,11 +38,6 @@ impl Flusher {
         Self { shards: OnceLock::new(), sent }
     }
 
-    /// The counters it adds to.
-    pub fn sent(&self) -> &Sent {
-        &self.sent
-    }
-
     /// Hands `dirty` (emptied) to this thread's shard. Needs a tokio runtime: the first call
     /// there starts the shards' tasks.
     pub fn add(&self, dirty: &mut Vec<Arc<Mailbox>>) {

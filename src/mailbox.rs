@@ -124,11 +124,6 @@ impl Mailbox {
         Self { inner: Mutex::default(), ready: Notify::new(), capacity, gzip, socket }
     }
 
-    /// Gzip frames for this client, or text.
-    pub fn gzip(&self) -> bool {
-        self.gzip
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while holding it; a poisoned lock still holds consistent data.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
