@@ -33,7 +33,45 @@ pub const PING: u8 = 0x9;
 pub const PONG: u8 = 0xA;
 
 /// Data frames a single vectored write carries at most.
-const MAX_IOV: usize = 64;
+pub const MAX_IOV: usize = 64;
+
+/// The wire of up to `MAX_IOV` frames of `batch` for one vectored write, the first from byte
+/// `written` on; the one rule for the writer's outbox and the flusher.
+pub fn slices<'a>(
+    batch: impl Iterator<Item = &'a Arc<Frames>>,
+    gzip: bool,
+    written: usize,
+    out: &mut [IoSlice<'a>; MAX_IOV],
+) -> usize {
+    let mut count = 0;
+    for (slot, frames) in out.iter_mut().zip(batch) {
+        let wire = frames.wire(gzip);
+        *slot = IoSlice::new(if count == 0 { &wire[written..] } else { wire });
+        count += 1;
+    }
+    count
+}
+
+/// What `n` more written bytes do to `batch`, whose first frame had `written` bytes out: how
+/// many frames they complete, and how far into the next one they reach.
+pub fn advance<'a>(
+    batch: impl Iterator<Item = &'a Arc<Frames>>,
+    gzip: bool,
+    mut written: usize,
+    mut n: usize,
+) -> (usize, usize) {
+    let mut done = 0;
+    for frames in batch {
+        let left = frames.wire(gzip).len() - written;
+        if n < left {
+            return (done, written + n);
+        }
+        n -= left;
+        written = 0;
+        done += 1;
+    }
+    (done, 0)
+}
 
 /// One unmasked, final server frame: header and payload in one buffer.
 pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
@@ -184,32 +222,20 @@ impl Outbox {
                 return io.poll_flush(cx);
             }
             // With a control frame waiting, finish only the current frame to reach a boundary.
-            let count = if control_pending { 1 } else { self.batch.len().min(MAX_IOV) };
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            for (i, frames) in self.batch[..count].iter().enumerate() {
-                let wire = frames.wire(self.gzip);
-                slices[i] = IoSlice::new(if i == 0 { &wire[self.written..] } else { wire });
-            }
-            let n = nonzero(ready!(io.as_mut().poll_write_vectored(cx, &slices[..count]))?)?;
+            let take = if control_pending { 1 } else { MAX_IOV };
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let count = slices(self.batch.iter().take(take), self.gzip, self.written, &mut iov);
+            let n = nonzero(ready!(io.as_mut().poll_write_vectored(cx, &iov[..count]))?)?;
             self.advance(n);
         }
     }
 
     /// Accounts for `n` written bytes of the batch.
-    fn advance(&mut self, mut n: usize) {
+    fn advance(&mut self, n: usize) {
         self.sent.1 += n as u64;
-        let mut done = 0;
-        for frames in &self.batch {
-            let left = frames.wire(self.gzip).len() - self.written;
-            if n < left {
-                self.written += n;
-                break;
-            }
-            n -= left;
-            self.written = 0;
-            done += 1;
-        }
+        let (done, written) = advance(self.batch.iter(), self.gzip, self.written, n);
         self.batch.drain(..done);
+        self.written = written;
         self.sent.0 += done as u64;
     }
 }

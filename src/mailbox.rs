@@ -29,8 +29,6 @@ use crate::frame::{self, Frames, Outbox};
 const REPLIES_CAP: usize = 4096;
 /// Queue slots an emptied queue keeps; a larger buffer (after a burst) is freed.
 const KEPT_SLOTS: usize = 8;
-/// Frames one direct write carries at most.
-const MAX_IOV: usize = 64;
 
 /// Appends the pong of a ping with `payload` to `frames`; past [`REPLIES_CAP`] the older pongs
 /// there are dropped (RFC 6455 5.5.3 allows answering only the latest ping). The one rule for
@@ -100,20 +98,11 @@ pub struct Mailbox {
 
 impl Inner {
     /// Drops the frames `n` written bytes completed; returns how many.
-    fn advance(&mut self, mut n: usize, gzip: bool) -> u64 {
-        let mut done = 0;
-        while let Some(frames) = self.queue.front() {
-            let left = frames.wire(gzip).len() - self.front_written;
-            if n < left {
-                self.front_written += n;
-                break;
-            }
-            n -= left;
-            self.front_written = 0;
-            self.queue.pop_front();
-            done += 1;
-        }
-        done
+    fn advance(&mut self, n: usize, gzip: bool) -> u64 {
+        let (done, written) = frame::advance(self.queue.iter(), gzip, self.front_written, n);
+        self.queue.drain(..done);
+        self.front_written = written;
+        done as u64
     }
 }
 
@@ -164,12 +153,8 @@ impl Mailbox {
             return;
         }
         while !inner.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let count = inner.queue.len().min(MAX_IOV);
-            for (i, frames) in inner.queue.iter().take(count).enumerate() {
-                let wire = frames.wire(self.gzip);
-                slices[i] = IoSlice::new(if i == 0 { &wire[inner.front_written..] } else { wire });
-            }
+            let mut slices = [IoSlice::new(&[]); frame::MAX_IOV];
+            let count = frame::slices(inner.queue.iter(), self.gzip, inner.front_written, &mut slices);
             let wanted: usize = slices[..count].iter().map(|s| s.len()).sum();
             // Any error but a full socket is the writer's to meet (and report) on its next write.
             let n = socket.try_write_vectored(&slices[..count]).unwrap_or(0);
