@@ -22,6 +22,7 @@ use crate::rate::TokenBucket;
 use crate::reader::{FrameError, Incoming, ReadEnd, Reader};
 use crate::settings::Settings;
 use crate::state::Context;
+use crate::tls_socket;
 use crate::token::Refusal;
 use crate::upgrade::{self, ClientParams, HandshakeError, Rejection};
 use crate::writer::{Closed, Writer, CLOSE_GRACE};
@@ -37,8 +38,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     // outlives them across an await: otherwise its layout would size plain connections too.
     match settings.tls.clone() {
         None => handshake_and_run(SharedTcp(Arc::new(tcp)), peer, deadline, &settings, &ctx).await,
-        Some(acceptor) => {
-            let accept = Box::pin(acceptor.accept(tcp));
+        Some(config) => {
+            let accept = Box::pin(tls_socket::accept(tcp, config));
             let stream = match timeout_at(deadline, accept).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

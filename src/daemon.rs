@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState, Health};
@@ -109,10 +108,10 @@ fn tokens(config: &Config, metrics: &Metrics) -> Result<Arc<Tokens>, crate::toke
 }
 
 /// The acceptor of a loaded certificate, its expiry shown in the metrics.
-fn acceptor(loaded: Option<tls::Loaded>, metrics: &Metrics) -> Option<TlsAcceptor> {
+fn acceptor(loaded: Option<tls::Loaded>, metrics: &Metrics) -> Option<Arc<rustls::ServerConfig>> {
     let loaded = loaded?;
     metrics.tls_cert_not_after.set(loaded.not_after);
-    Some(TlsAcceptor::from(loaded.config))
+    Some(loaded.config)
 }
 
 /// A bound, not yet serving daemon.

@@ -1,17 +1,18 @@
 //! A connection's socket as a read half and a write half that work at once. A plain socket is
 //! shared ([`SharedTcp`]): its connection reads and writes it through borrowed halves (no lock
 //! per read or write), and its mailbox holds it too, so a fan-out can write a broadcast
-//! straight to it without waking the connection. TLS, whose reads and writes share one state,
-//! uses tokio's split of a borrow and is always written by its own connection.
+//! straight to it without waking the connection. A TLS socket is shared the same way
+//! ([`SharedTls`](crate::tls_socket::SharedTls)), its session state under a lock.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, TcpStream};
-use tokio_rustls::server::TlsStream;
+
+use crate::tls_socket::TlsSocket;
 
 /// A stream that lends out a read half and a write half; the stream is whole again once both
 /// are dropped.
@@ -26,10 +27,38 @@ pub trait Halves: AsyncRead + AsyncWrite + Unpin {
         Self: 'a;
     /// Both halves, borrowing the stream.
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
-    /// The socket others may write whole frames to directly, when the stream has no state of
-    /// its own between the socket and the frames (plain TCP).
-    fn direct(&self) -> Option<Arc<TcpStream>> {
+    /// The socket others may write whole frames to directly, when there is one.
+    fn direct(&self) -> Option<Direct> {
         None
+    }
+}
+
+/// A socket a fan-out writes whole frames to without waking its connection: plain, or TLS
+/// (encrypted on the way).
+#[derive(Debug, Clone)]
+pub enum Direct {
+    /// A plain socket.
+    Tcp(Arc<TcpStream>),
+    /// A TLS socket and its session.
+    Tls(Arc<TlsSocket>),
+}
+
+impl Direct {
+    /// Writes what the socket takes now, without waiting; returns the bytes of `bufs` taken.
+    pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Direct::Tcp(tcp) => tcp.try_write_vectored(bufs),
+            Direct::Tls(tls) => tls.try_write_vectored(bufs),
+        }
+    }
+
+    /// True when bytes taken still wait to reach the socket (TLS' ciphertext): the connection's
+    /// writer must finish them.
+    pub fn backlog(&self) -> bool {
+        match self {
+            Direct::Tcp(_) => false,
+            Direct::Tls(tls) => tls.backlog(),
+        }
     }
 }
 
@@ -39,15 +68,6 @@ impl Halves for TcpStream {
 
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
         self.split()
-    }
-}
-
-impl Halves for TlsStream<TcpStream> {
-    type Read<'a> = ReadHalf<&'a mut Self>;
-    type Write<'a> = WriteHalf<&'a mut Self>;
-
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        tokio::io::split(self)
     }
 }
 
@@ -67,8 +87,8 @@ impl Halves for SharedTcp {
         (TcpRef(&self.0), TcpRef(&self.0))
     }
 
-    fn direct(&self) -> Option<Arc<TcpStream>> {
-        Some(self.0.clone())
+    fn direct(&self) -> Option<Direct> {
+        Some(Direct::Tcp(self.0.clone()))
     }
 }
 

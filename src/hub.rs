@@ -134,7 +134,7 @@ impl Hub {
         key: Box<str>,
         info: ClientInfo,
         queue_len: usize,
-        socket: Option<Arc<tokio::net::TcpStream>>,
+        socket: Option<crate::duplex::Direct>,
     ) -> Joined<'_> {
         let mailbox = Arc::new(Mailbox::new(queue_len, info.gzip, socket));
         let control = Arc::new(Control::default());

@@ -5,6 +5,8 @@
 //! The data path, top to bottom:
 //! - [`listener`]: accept loop; every accepted socket waits for a place in the connection limit.
 //! - [`tls`]: PEM -> rustls config.
+//! - [`tls_socket`]: the TLS session of a connection (rustls' unbuffered API), shared with its
+//!   mailbox so broadcasts are sealed and written corked, with no TLS buffer kept while idle.
 //! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error; runs
 //!   [`admission`] (per-address and handshake-rate limits, 503) and [`token`] (the connection
 //!   token's check, 401) just before the 101.
@@ -55,6 +57,7 @@ pub mod shutdown;
 pub mod signals;
 pub mod state;
 pub mod tls;
+pub mod tls_socket;
 pub mod token;
 pub mod upgrade;
 pub mod writer;

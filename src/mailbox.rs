@@ -6,7 +6,7 @@
 //! writer's ping timer: the channel alone kept about 800 bytes per connection (two cache-padded
 //! halves and a first block of 32 slots that is never freed); an idle mailbox holds no buffer.
 //!
-//! A plain connection's mailbox also holds its socket. A broadcast pushed while the writer
+//! A mailbox also holds its connection's socket (plain or TLS). A broadcast pushed while the writer
 //! holds nothing marks the mailbox dirty instead of waking the writer; the
 //! [`Flusher`](crate::flusher::Flusher) then writes everything it has, in one write, once the
 //! worker has run its ready tasks (so what many senders published in that time goes out
@@ -19,9 +19,9 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::duplex::Direct;
 use crate::frame::{self, Frames, Outbox};
 
 /// Control-frame replies buffered at most, in bytes; past it older pongs are dropped, which
@@ -92,8 +92,8 @@ pub struct Mailbox {
     capacity: usize,
     /// Gzip frames for this client, or text.
     gzip: bool,
-    /// The plain socket, for direct writes; none for TLS.
-    socket: Option<Arc<TcpStream>>,
+    /// The socket, for direct writes.
+    socket: Option<Direct>,
 }
 
 impl Inner {
@@ -109,7 +109,7 @@ impl Inner {
 impl Mailbox {
     /// A mailbox for at most `capacity` queued broadcasts (gzip frames or text), flushed
     /// straight to `socket` when there is one.
-    pub fn new(capacity: usize, gzip: bool, socket: Option<Arc<TcpStream>>) -> Self {
+    pub fn new(capacity: usize, gzip: bool, socket: Option<Direct>) -> Self {
         Self { inner: Mutex::default(), ready: Notify::new(), capacity, gzip, socket }
     }
 
@@ -147,7 +147,7 @@ impl Mailbox {
     pub fn flush(&self, flushed: &mut Flushed) {
         let mut inner = self.lock();
         inner.dirty = false;
-        let Some(socket) = self.socket.as_deref() else { return };
+        let Some(socket) = &self.socket else { return };
         if inner.busy || inner.closing || !inner.replies.is_empty() {
             // The writer's: it takes the queue after what it holds (or closes).
             return;
@@ -164,12 +164,13 @@ impl Mailbox {
                 break;
             }
         }
-        if inner.queue.is_empty() {
-            if inner.queue.capacity() > KEPT_SLOTS {
-                inner.queue = VecDeque::new();
-            }
-        } else {
-            drop(inner);
+        // A TLS socket may have taken frames whose ciphertext it could not send yet.
+        let left = !inner.queue.is_empty() || socket.backlog();
+        if inner.queue.is_empty() && inner.queue.capacity() > KEPT_SLOTS {
+            inner.queue = VecDeque::new();
+        }
+        drop(inner);
+        if left {
             self.ready.notify_one();
         }
     }
@@ -274,11 +275,11 @@ mod tests {
 
     /// A connected pair on loopback: the server's end shared as a mailbox's socket, the
     /// client's end a blocking std socket with a small receive buffer.
-    async fn pair() -> (Arc<TcpStream>, std::net::TcpStream) {
+    async fn pair() -> (Direct, std::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Arc::new(server), client)
+        (Direct::Tcp(Arc::new(server)), client)
     }
 
     fn read_exactly(client: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
@@ -334,7 +335,8 @@ mod tests {
         assert_eq!(flushed, before, "the flusher writes nothing while the writer is busy");
         let total = pushed * (big.len() + 4) + 7;
         let reader = std::thread::spawn(move || read_exactly(&mut client, total));
-        let mut socket = crate::duplex::SharedTcp(mailbox.socket.clone().unwrap());
+        let Some(Direct::Tcp(tcp)) = mailbox.socket.clone() else { unreachable!() };
+        let mut socket = crate::duplex::SharedTcp(tcp);
         outbox.flush(&mut socket).await.unwrap();
         assert!(mailbox.take(&mut outbox, 4096), "what came while it wrote");
         outbox.flush(&mut socket).await.unwrap();

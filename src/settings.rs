@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_rustls::TlsAcceptor;
-
 use crate::admission::Limits;
 use crate::config::Config;
 use crate::token::Tokens;
@@ -18,7 +16,7 @@ pub struct Settings {
     /// What the upgrade accepts.
     pub policy: Policy,
     /// The TLS acceptor of new handshakes; `None` serves plain ws.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `server.handshake_timeout`
     pub handshake_timeout: Duration,
     /// `server.max_connections`
@@ -52,7 +50,7 @@ impl std::fmt::Debug for Settings {
 
 impl Settings {
     /// Derives the settings from a validated config, its loaded TLS acceptor and token keys.
-    pub fn new(config: &Config, tls: Option<TlsAcceptor>, tokens: Arc<Tokens>) -> Self {
+    pub fn new(config: &Config, tls: Option<Arc<rustls::ServerConfig>>, tokens: Arc<Tokens>) -> Self {
         let max = config.websocket.max_message_bytes();
         let w = &config.websocket;
         Self {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 
 use crate::ending::{Code, Control, Ending};
@@ -82,6 +82,12 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         loop {
             // Take before waiting: a push into a queue that was not empty wakes nobody.
             if !self.mailbox.take(&mut self.outbox, MAX_BATCH) {
+                // A direct write may have left ciphertext the socket did not take (TLS).
+                tokio::select! {
+                    biased;
+                    () = control.ended() => return Ok(()),
+                    r = self.io.flush() => r?,
+                }
                 tokio::select! {
                     biased;
                     () = control.ended() => return Ok(()),

@@ -312,6 +312,51 @@ async fn wss_with_a_certificate_made_in_the_test() {
     d.stop().await;
 }
 
+/// The TLS write path: broadcasts of every size are encrypted by whoever writes them (a
+/// fan-out's direct write, or the connection's writer once the socket is full) and reach TLS 1.2
+/// and 1.3 clients whole and in order, while a TLS client that never reads is cut off with 4001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_delivers_every_size_in_order_and_cuts_a_tls_client_that_never_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "a");
+    let mut c = tls_config(&pki);
+    c.websocket.send_queue = 8;
+    c.websocket.max_message_size = bytesize::ByteSize::kib(64);
+    let d = start(c).await;
+    let (mut slow, _) = connect_tls(d.addr, &pki.ca, "slow", false).await;
+    let (mut sender, _) = connect_tls(d.addr, &pki.ca, "sender", false).await;
+    let (mut tls12, _) = connect_tls_with(d.addr, &pki.ca, "tls12", true, &[&rustls::version::TLS12]).await;
+    let (_, session) = tls12.get_ref().get_ref();
+    assert_eq!(session.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    d.wait_for_clients(3).await;
+    // Sizes from one byte to 60 KiB: records cut inside frames and frames inside records.
+    const N: usize = 300;
+    let message = |i: usize| format!("{i}:{}", "z".repeat((i * 7919) % (60 * 1024)));
+    let reading = tokio::spawn(async move {
+        for i in 0..N {
+            assert_eq!(recv_as(&mut tls12, true).await, message(i), "message {i} over TLS 1.2");
+        }
+        tls12
+    });
+    let mut own = 0;
+    for i in 0..N {
+        send(&mut sender, &message(i)).await;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(1), sender.next()).await {
+            assert_eq!(m.into_text().unwrap().as_str(), message(own), "the sender's own copy {own}");
+            own += 1;
+        }
+    }
+    while own < N {
+        assert_eq!(recv_text(&mut sender).await, message(own), "the sender's own copy {own}");
+        own += 1;
+    }
+    let _tls12 = within("the TLS 1.2 client got all", reading).await.unwrap();
+    d.wait_for_clients(2).await;
+    let (code, reason) = recv_close(&mut slow).await;
+    assert_eq!((code, reason.as_str()), (4001, "too slow: send queue overflow"));
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listens_on_ipv4_and_ipv6_at_once() {
     let mut c = config();

@@ -292,10 +292,21 @@ pub async fn connect_tls(
     key: &str,
     gzip: bool,
 ) -> (Ws<tokio_rustls::client::TlsStream<TcpStream>>, CertificateDer<'static>) {
+    connect_tls_with(addr, ca, key, gzip, rustls::DEFAULT_VERSIONS).await
+}
+
+/// [`connect_tls`] offering only the TLS `versions` given.
+pub async fn connect_tls_with(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    key: &str,
+    gzip: bool,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (Ws<tokio_rustls::client::TlsStream<TcpStream>>, CertificateDer<'static>) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -1,0 +1,468 @@
+//! A TLS connection on rustls' unbuffered API: the handshake, then one session shared by the
+//! connection (which reads and writes through it) and its mailbox (whose flusher encrypts
+//! broadcasts straight into the socket, corked, as it does for plain sockets).
+//!
+//! Records are read, decrypted and encrypted in buffers of the worker thread. A connection keeps
+//! only what did not fit: the start of a record a read cut off, plaintext a small read could not
+//! take, ciphertext the socket did not take; each is freed once used, so an idle connection holds
+//! none. (rustls' buffered connection keeps a 4 KiB read buffer for the connection's life.)
+//! Ciphertext waiting for the socket always goes out before anything encrypted after it, under
+//! the session's lock, so whoever writes, records leave in the order they were numbered.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::duplex::{Direct, Halves};
+
+/// Ciphertext read from a socket at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Plaintext encrypted per write: what a connection whose socket is full keeps, at most.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// Ciphertext read: the start of a record a previous read cut off, then the new bytes.
+    static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A write's frames, gathered so they are sealed in as few records as possible.
+    static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A write's ciphertext.
+    static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A socket and its TLS session.
+pub struct TlsSocket {
+    tcp: TcpStream,
+    state: Mutex<State>,
+}
+
+struct State {
+    conn: UnbufferedServerConnection,
+    /// The start of a record a read cut off.
+    partial: Vec<u8>,
+    /// Decrypted, not yet taken by a read.
+    plain: Vec<u8>,
+    /// Encrypted, not yet taken by the socket.
+    outgoing: Vec<u8>,
+    /// The peer sent close_notify, or its socket closed: reads return end of file.
+    read_closed: bool,
+    /// Our close_notify is queued: nothing more is encrypted.
+    write_closed: bool,
+}
+
+impl std::fmt::Debug for TlsSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSocket").field("tcp", &self.tcp).finish_non_exhaustive()
+    }
+}
+
+/// Where a session stands once its input is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stand {
+    /// The handshake needs more from the peer.
+    Handshaking,
+    /// Application data may be sent.
+    Open,
+    /// The peer sent close_notify.
+    PeerClosed,
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Runs the handshake on `tcp` (the caller bounds it in time).
+pub async fn accept(mut tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<SharedTls> {
+    let mut conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+    let (mut input, mut out, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        let driven = drive(&mut conn, &mut input, &mut out, &mut |p| plain.extend_from_slice(p));
+        let (used, stand) = match driven {
+            Ok(driven) => driven,
+            Err(e) => {
+                // Best effort: the alert tells the client why.
+                alert(&mut conn, &mut out);
+                let _ = tcp.try_write(&out);
+                return Err(invalid(e));
+            }
+        };
+        input.drain(..used);
+        tcp.write_all(&out).await?;
+        out.clear();
+        match stand {
+            Stand::Open => break,
+            Stand::Handshaking => {
+                input.reserve(4096);
+                if tcp.read_buf(&mut input).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Stand::PeerClosed => return Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+    input.shrink_to_fit();
+    plain.shrink_to_fit();
+    let state = State { conn, partial: input, plain, outgoing: Vec::new(), read_closed: false, write_closed: false };
+    Ok(SharedTls(Arc::new(TlsSocket { tcp, state: Mutex::new(state) })))
+}
+
+/// Processes the whole records in `input`: what the session must send is appended to `out`
+/// (the caller sends it), application data is handed to `plain`. Returns the bytes used and
+/// where the session stands.
+fn drive(
+    conn: &mut UnbufferedServerConnection,
+    input: &mut [u8],
+    out: &mut Vec<u8>,
+    plain: &mut dyn FnMut(&[u8]),
+) -> Result<(usize, Stand), rustls::Error> {
+    let (mut used, mut peer_closed) = (0, false);
+    loop {
+        let status = conn.process_tls_records(&mut input[used..]);
+        let discard = status.discard;
+        let stand = match status.state? {
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(record) = traffic.next_record() {
+                    let record = record?;
+                    used += record.discard;
+                    plain(record.payload);
+                }
+                None
+            }
+            ConnectionState::EncodeTlsData(mut encode) => {
+                encode_into(&mut encode, out);
+                None
+            }
+            // Sent by the caller, in order, before anything encrypted later.
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                None
+            }
+            // Reported once; the next call goes on from there.
+            ConnectionState::PeerClosed => {
+                peer_closed = true;
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(Stand::Handshaking),
+            ConnectionState::WriteTraffic(_) => Some(Stand::Open),
+            ConnectionState::Closed => Some(Stand::PeerClosed),
+            // Early data is not enabled, so it cannot come.
+            _ => return Err(rustls::Error::General("unexpected TLS state".into())),
+        };
+        used += discard;
+        if let Some(stand) = stand {
+            return Ok((used, if peer_closed { Stand::PeerClosed } else { stand }));
+        }
+    }
+}
+
+/// Appends a record the session wants sent to `out`.
+fn encode_into(encode: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) {
+    let start = out.len();
+    loop {
+        match encode.encode(&mut out[start..]) {
+            Ok(n) => return out.truncate(start + n),
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                out.resize(start + required_size, 0);
+            }
+            Err(EncodeError::AlreadyEncoded) => return out.truncate(start),
+        }
+    }
+}
+
+/// After an error: the alert rustls queued for the peer, if any, appended to `out`.
+fn alert(conn: &mut UnbufferedServerConnection, out: &mut Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = conn.process_tls_records(&mut []).state {
+        encode_into(&mut encode, out);
+    }
+}
+
+/// Writes `out` until the socket blocks; the rest stays there. Frees it once empty.
+fn send(tcp: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    while !out.is_empty() {
+        match tcp.try_write(out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => drop(out.drain(..n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    *out = Vec::new();
+    Ok(())
+}
+
+/// Copies `bufs` into `plain`, up to [`WRITE_CHUNK`] bytes.
+fn gather(bufs: &[IoSlice<'_>], plain: &mut Vec<u8>) {
+    plain.clear();
+    for buf in bufs {
+        let room = WRITE_CHUNK - plain.len();
+        plain.extend_from_slice(&buf[..buf.len().min(room)]);
+        if plain.len() == WRITE_CHUNK {
+            break;
+        }
+    }
+}
+
+impl TlsSocket {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Encrypts up to [`WRITE_CHUNK`] bytes of `bufs` and writes what the socket takes now; the
+    /// rest of the ciphertext waits in the session ([`backlog`](Self::backlog)). Returns the
+    /// plaintext bytes taken, or `WouldBlock` while earlier ciphertext still waits.
+    pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut guard = self.lock();
+        let State { conn, outgoing, plain: unread, write_closed, .. } = &mut *guard;
+        send(&self.tcp, outgoing)?;
+        if !outgoing.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if *write_closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        PLAIN.with_borrow_mut(|plain| {
+            gather(bufs, plain);
+            if plain.is_empty() {
+                return Ok(0);
+            }
+            SEALED.with_borrow_mut(|sealed| {
+                // What the session owes the peer (a key update's answer) goes out first.
+                drive(conn, &mut [], outgoing, &mut |p| unread.extend_from_slice(p)).map_err(invalid)?;
+                let n = seal(conn, plain, sealed)?;
+                if outgoing.is_empty() {
+                    let mut rest = &sealed[..n];
+                    while !rest.is_empty() {
+                        match self.tcp.try_write(rest) {
+                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                            Ok(k) => rest = &rest[k..],
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    outgoing.extend_from_slice(rest);
+                } else {
+                    outgoing.extend_from_slice(&sealed[..n]);
+                    send(&self.tcp, outgoing)?;
+                }
+                Ok(plain.len())
+            })
+        })
+    }
+
+    /// True when encrypted bytes wait for the socket: the connection's writer must finish them.
+    pub fn backlog(&self) -> bool {
+        !self.lock().outgoing.is_empty()
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.lock();
+        loop {
+            if !state.plain.is_empty() {
+                let n = state.plain.len().min(buf.remaining());
+                buf.put_slice(&state.plain[..n]);
+                state.plain.drain(..n);
+                if state.plain.is_empty() {
+                    state.plain = Vec::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if state.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.tcp.poll_read_ready(cx))?;
+            // A WouldBlock clears the readiness, so the next poll waits for the reactor.
+            if self.read_records(&mut state, buf)? {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// One read from the socket, its records processed; true when it gave plaintext or ended
+    /// the stream, false when the socket had nothing or only handshake records came.
+    fn read_records(&self, state: &mut State, buf: &mut ReadBuf<'_>) -> io::Result<bool> {
+        INPUT.with_borrow_mut(|input| {
+            let kept = state.partial.len();
+            if input.len() < kept + READ_CHUNK {
+                input.resize(kept + READ_CHUNK, 0);
+            }
+            input[..kept].copy_from_slice(&state.partial);
+            let n = match self.tcp.try_read(&mut input[kept..kept + READ_CHUNK]) {
+                Ok(0) => {
+                    state.read_closed = true;
+                    return Ok(true);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let before = buf.filled().len();
+            let State { conn, plain, outgoing, .. } = &mut *state;
+            let mut take = |p: &[u8]| {
+                let fits = p.len().min(buf.remaining());
+                buf.put_slice(&p[..fits]);
+                plain.extend_from_slice(&p[fits..]);
+            };
+            let driven = drive(conn, &mut input[..kept + n], outgoing, &mut take);
+            let (used, stand) = driven.map_err(|e| {
+                alert(conn, outgoing);
+                let _ = send(&self.tcp, outgoing);
+                invalid(e)
+            })?;
+            state.partial = if stand == Stand::PeerClosed { Vec::new() } else { input[used..kept + n].to_vec() };
+            state.read_closed = stand == Stand::PeerClosed;
+            send(&self.tcp, &mut state.outgoing)?;
+            Ok(buf.filled().len() > before || !state.plain.is_empty() || state.read_closed)
+        })
+    }
+
+    fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        loop {
+            match self.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(self.tcp.poll_write_ready(cx))?,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            {
+                let mut state = self.lock();
+                send(&self.tcp, &mut state.outgoing)?;
+                if state.outgoing.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            ready!(self.tcp.poll_write_ready(cx))?;
+        }
+    }
+
+    /// Sends close_notify, then ends the socket's sending side.
+    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        {
+            let mut guard = self.lock();
+            let State { conn, outgoing, plain, write_closed, .. } = &mut *guard;
+            if !*write_closed {
+                *write_closed = true;
+                drive(conn, &mut [], outgoing, &mut |p| plain.extend_from_slice(p)).map_err(invalid)?;
+                if let Ok(ConnectionState::WriteTraffic(mut traffic)) = conn.process_tls_records(&mut []).state {
+                    let mut alert = [0; 64];
+                    if let Ok(n) = traffic.queue_close_notify(&mut alert) {
+                        outgoing.extend_from_slice(&alert[..n]);
+                    }
+                }
+            }
+        }
+        ready!(self.poll_flush(cx))?;
+        Poll::Ready(socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// Seals `plain` into `sealed` (grown as needed); returns the ciphertext's length.
+fn seal(conn: &mut UnbufferedServerConnection, plain: &[u8], sealed: &mut Vec<u8>) -> io::Result<usize> {
+    let Ok(ConnectionState::WriteTraffic(mut traffic)) = conn.process_tls_records(&mut []).state else {
+        return Err(io::Error::new(io::ErrorKind::NotConnected, "the TLS session cannot send"));
+    };
+    loop {
+        match traffic.encrypt(plain, sealed) {
+            Ok(n) => return Ok(n),
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                sealed.resize(required_size, 0);
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+}
+
+/// A TLS socket shared by its connection and its mailbox.
+#[derive(Debug, Clone)]
+pub struct SharedTls(pub Arc<TlsSocket>);
+
+/// A borrowed half of a shared TLS socket.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsRef<'a>(&'a TlsSocket);
+
+impl Halves for SharedTls {
+    type Read<'a> = TlsRef<'a>;
+    type Write<'a> = TlsRef<'a>;
+
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        (TlsRef(&self.0), TlsRef(&self.0))
+    }
+
+    fn direct(&self) -> Option<Direct> {
+        Some(Direct::Tls(self.0.clone()))
+    }
+}
+
+impl AsyncRead for TlsRef<'_> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsRef<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.0.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for SharedTls {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedTls {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.0.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_shutdown(cx)
+    }
+}
