@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn, Instrument};
 
-use crate::duplex::{Halves, SharedTcp};
+use crate::duplex::{Halves, Socket};
 use crate::ending::{Code, Control, Ending};
 use crate::gzip::{self, InflateError};
 use crate::hub::ClientInfo;
@@ -33,28 +33,23 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let settings = ctx.live.borrow().clone();
     let deadline = Instant::now() + settings.handshake_timeout;
     let _ = tcp.set_nodelay(true);
-    // A plain connection runs inline, in the task's own cell: one allocation, not a box in a
-    // box. The TLS branch is boxed, and built in statements of their own so no temporary
-    // outlives them across an await: otherwise its layout would size plain connections too.
-    match settings.tls.clone() {
-        None => handshake_and_run(SharedTcp(Arc::new(tcp)), peer, deadline, &settings, &ctx).await,
-        Some(config) => {
-            let accept = Box::pin(tls_socket::accept(tcp, config));
-            let stream = match timeout_at(deadline, accept).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    ctx.metrics.rejected("tls");
-                    return debug!(%peer, %e, "tls handshake failed");
-                }
-                Err(_) => {
-                    ctx.metrics.rejected("timeout");
-                    return debug!(%peer, "handshake timeout during tls");
-                }
-            };
-            let run = Box::pin(handshake_and_run(stream, peer, deadline, &settings, &ctx));
-            run.await
-        }
-    }
+    // Plain or TLS, the connection runs inline in the task's own cell: one allocation, not a box
+    // in a box. The TLS handshake's state is boxed, and freed once it is done.
+    let socket = match settings.tls.clone() {
+        None => Socket::Tcp(Arc::new(tcp)),
+        Some(config) => match timeout_at(deadline, Box::pin(tls_socket::accept(tcp, config))).await {
+            Ok(Ok(tls)) => Socket::Tls(Arc::new(tls)),
+            Ok(Err(e)) => {
+                ctx.metrics.rejected("tls");
+                return debug!(%peer, %e, "tls handshake failed");
+            }
+            Err(_) => {
+                ctx.metrics.rejected("timeout");
+                return debug!(%peer, "handshake timeout during tls");
+            }
+        },
+    };
+    handshake_and_run(socket, peer, deadline, &settings, &ctx).await
 }
 
 /// What the log lines of an upgraded connection name. A span would carry them too, but its few

@@ -1,8 +1,8 @@
-//! A connection's socket as a read half and a write half that work at once. A plain socket is
-//! shared ([`SharedTcp`]): its connection reads and writes it through borrowed halves (no lock
-//! per read or write), and its mailbox holds it too, so a fan-out can write a broadcast
-//! straight to it without waking the connection. A TLS socket is shared the same way
-//! ([`SharedTls`](crate::tls_socket::SharedTls)), its session state under a lock.
+//! A connection's socket, plain or TLS, as a read half and a write half that work at once. The
+//! socket is shared ([`Socket`]): its connection reads and writes it through borrowed halves
+//! (no lock per plain read or write), and its mailbox holds it too, so a fan-out can write a
+//! broadcast straight to it without waking the connection. A TLS socket's session state sits
+//! under a lock in [`TlsSocket`].
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -28,37 +28,8 @@ pub trait Halves: AsyncRead + AsyncWrite + Unpin {
     /// Both halves, borrowing the stream.
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
     /// The socket others may write whole frames to directly, when there is one.
-    fn direct(&self) -> Option<Direct> {
+    fn direct(&self) -> Option<Socket> {
         None
-    }
-}
-
-/// A socket a fan-out writes whole frames to without waking its connection: plain, or TLS
-/// (encrypted on the way).
-#[derive(Debug, Clone)]
-pub enum Direct {
-    /// A plain socket.
-    Tcp(Arc<TcpStream>),
-    /// A TLS socket and its session.
-    Tls(Arc<TlsSocket>),
-}
-
-impl Direct {
-    /// Writes what the socket takes now, without waiting; returns the bytes of `bufs` taken.
-    pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Direct::Tcp(tcp) => tcp.try_write_vectored(bufs),
-            Direct::Tls(tls) => tls.try_write_vectored(bufs),
-        }
-    }
-
-    /// True when bytes taken still wait to reach the socket (TLS' ciphertext): the connection's
-    /// writer must finish them.
-    pub fn backlog(&self) -> bool {
-        match self {
-            Direct::Tcp(_) => false,
-            Direct::Tls(tls) => tls.backlog(),
-        }
     }
 }
 
@@ -71,33 +42,73 @@ impl Halves for TcpStream {
     }
 }
 
-/// A plain socket shared by its connection and its mailbox.
+/// A connection's socket, shared by the connection and its mailbox.
 #[derive(Debug, Clone)]
-pub struct SharedTcp(pub Arc<TcpStream>);
+pub enum Socket {
+    /// A plain socket.
+    Tcp(Arc<TcpStream>),
+    /// A TLS socket and its session.
+    Tls(Arc<TlsSocket>),
+}
 
-/// A borrowed half of a shared socket: reads and writes on readiness, as tokio's own halves do.
+/// A borrowed half of a [`Socket`]: reads and writes on readiness, as tokio's own halves do.
 #[derive(Debug, Clone, Copy)]
-pub struct TcpRef<'a>(&'a TcpStream);
+pub enum SocketRef<'a> {
+    /// A plain socket.
+    Tcp(&'a TcpStream),
+    /// A TLS socket.
+    Tls(&'a TlsSocket),
+}
 
-impl Halves for SharedTcp {
-    type Read<'a> = TcpRef<'a>;
-    type Write<'a> = TcpRef<'a>;
-
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        (TcpRef(&self.0), TcpRef(&self.0))
+impl Socket {
+    /// Writes what the socket takes now, without waiting; returns the bytes of `bufs` taken.
+    pub fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(tcp) => tcp.try_write_vectored(bufs),
+            Socket::Tls(tls) => tls.try_write_vectored(bufs),
+        }
     }
 
-    fn direct(&self) -> Option<Direct> {
-        Some(Direct::Tcp(self.0.clone()))
+    /// True when bytes taken still wait to reach the socket (TLS' ciphertext): the connection's
+    /// writer must finish them.
+    pub fn backlog(&self) -> bool {
+        match self {
+            Socket::Tcp(_) => false,
+            Socket::Tls(tls) => tls.backlog(),
+        }
+    }
+
+    fn by_ref(&self) -> SocketRef<'_> {
+        match self {
+            Socket::Tcp(tcp) => SocketRef::Tcp(tcp),
+            Socket::Tls(tls) => SocketRef::Tls(tls),
+        }
     }
 }
 
-impl AsyncRead for TcpRef<'_> {
+impl Halves for Socket {
+    type Read<'a> = SocketRef<'a>;
+    type Write<'a> = SocketRef<'a>;
+
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        (self.by_ref(), self.by_ref())
+    }
+
+    fn direct(&self) -> Option<Socket> {
+        Some(self.clone())
+    }
+}
+
+impl AsyncRead for SocketRef<'_> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let tcp = match *self {
+            SocketRef::Tls(tls) => return tls.poll_read(cx, buf),
+            SocketRef::Tcp(tcp) => tcp,
+        };
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
+            ready!(tcp.poll_read_ready(cx))?;
             // A WouldBlock clears the readiness, so the next poll waits for the reactor.
-            match self.0.try_read(buf.initialize_unfilled()) {
+            match tcp.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -109,15 +120,9 @@ impl AsyncRead for TcpRef<'_> {
     }
 }
 
-impl AsyncWrite for TcpRef<'_> {
+impl AsyncWrite for SocketRef<'_> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -125,45 +130,17 @@ impl AsyncWrite for TcpRef<'_> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let tcp = match *self {
+            SocketRef::Tls(tls) => return tls.poll_write_vectored(cx, bufs),
+            SocketRef::Tcp(tcp) => tcp,
+        };
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
         }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(self.0).shutdown(std::net::Shutdown::Write))
-    }
-}
-
-impl AsyncRead for SharedTcp {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut TcpRef(&self.0)).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedTcp {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut TcpRef(&self.0)).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut TcpRef(&self.0)).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -171,10 +148,48 @@ impl AsyncWrite for SharedTcp {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut TcpRef(&self.0)).poll_flush(cx)
+        match *self {
+            SocketRef::Tls(tls) => tls.poll_flush(cx),
+            SocketRef::Tcp(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut TcpRef(&self.0)).poll_shutdown(cx)
+        match *self {
+            SocketRef::Tls(tls) => tls.poll_shutdown(cx),
+            SocketRef::Tcp(tcp) => Poll::Ready(socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write)),
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.by_ref()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.by_ref()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.by_ref()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.by_ref()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.by_ref()).poll_shutdown(cx)
     }
 }

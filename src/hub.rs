@@ -134,7 +134,7 @@ impl Hub {
         key: Box<str>,
         info: ClientInfo,
         queue_len: usize,
-        socket: Option<crate::duplex::Direct>,
+        socket: Option<crate::duplex::Socket>,
     ) -> Joined<'_> {
         let mailbox = Arc::new(Mailbox::new(queue_len, info.gzip, socket));
         let control = Arc::new(Control::default());

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::duplex::Direct;
+use crate::duplex::Socket;
 use crate::frame::{self, Frames, Outbox};
 
 /// Control-frame replies buffered at most, in bytes; past it older pongs are dropped, which
@@ -93,7 +93,7 @@ pub struct Mailbox {
     /// Gzip frames for this client, or text.
     gzip: bool,
     /// The socket, for direct writes.
-    socket: Option<Direct>,
+    socket: Option<Socket>,
 }
 
 impl Inner {
@@ -109,7 +109,7 @@ impl Inner {
 impl Mailbox {
     /// A mailbox for at most `capacity` queued broadcasts (gzip frames or text), flushed
     /// straight to `socket` when there is one.
-    pub fn new(capacity: usize, gzip: bool, socket: Option<Direct>) -> Self {
+    pub fn new(capacity: usize, gzip: bool, socket: Option<Socket>) -> Self {
         Self { inner: Mutex::default(), ready: Notify::new(), capacity, gzip, socket }
     }
 
@@ -275,11 +275,11 @@ mod tests {
 
     /// A connected pair on loopback: the server's end shared as a mailbox's socket, the
     /// client's end a blocking std socket with a small receive buffer.
-    async fn pair() -> (Direct, std::net::TcpStream) {
+    async fn pair() -> (Socket, std::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Direct::Tcp(Arc::new(server)), client)
+        (Socket::Tcp(Arc::new(server)), client)
     }
 
     fn read_exactly(client: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
@@ -335,8 +335,7 @@ mod tests {
         assert_eq!(flushed, before, "the flusher writes nothing while the writer is busy");
         let total = pushed * (big.len() + 4) + 7;
         let reader = std::thread::spawn(move || read_exactly(&mut client, total));
-        let Some(Direct::Tcp(tcp)) = mailbox.socket.clone() else { unreachable!() };
-        let mut socket = crate::duplex::SharedTcp(tcp);
+        let mut socket = mailbox.socket.clone().unwrap();
         outbox.flush(&mut socket).await.unwrap();
         assert!(mailbox.take(&mut outbox, 4096), "what came while it wrote");
         outbox.flush(&mut socket).await.unwrap();

@@ -11,17 +11,14 @@
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-
-use crate::duplex::{Direct, Halves};
 
 /// Ciphertext read from a socket at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -79,7 +76,7 @@ fn invalid(e: rustls::Error) -> io::Error {
 }
 
 /// Runs the handshake on `tcp` (the caller bounds it in time).
-pub async fn accept(mut tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<SharedTls> {
+pub async fn accept(mut tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsSocket> {
     let mut conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
     let (mut input, mut out, mut plain) = (Vec::new(), Vec::new(), Vec::new());
     loop {
@@ -110,7 +107,7 @@ pub async fn accept(mut tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result
     input.shrink_to_fit();
     plain.shrink_to_fit();
     let state = State { conn, partial: input, plain, outgoing: Vec::new(), read_closed: false, write_closed: false };
-    Ok(SharedTls(Arc::new(TlsSocket { tcp, state: Mutex::new(state) })))
+    Ok(TlsSocket { tcp, state: Mutex::new(state) })
 }
 
 /// Processes the whole records in `input`: what the session must send is appended to `out`
@@ -262,7 +259,7 @@ impl TlsSocket {
         !self.lock().outgoing.is_empty()
     }
 
-    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut state = self.lock();
         loop {
             if !state.plain.is_empty() {
@@ -323,7 +320,7 @@ impl TlsSocket {
         })
     }
 
-    fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         loop {
             match self.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(self.tcp.poll_write_ready(cx))?,
@@ -332,7 +329,7 @@ impl TlsSocket {
         }
     }
 
-    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             {
                 let mut state = self.lock();
@@ -346,7 +343,7 @@ impl TlsSocket {
     }
 
     /// Sends close_notify, then ends the socket's sending side.
-    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         {
             let mut guard = self.lock();
             let State { conn, outgoing, plain, write_closed, .. } = &mut *guard;
@@ -379,90 +376,5 @@ fn seal(conn: &mut UnbufferedServerConnection, plain: &[u8], sealed: &mut Vec<u8
             }
             Err(e) => return Err(io::Error::other(e.to_string())),
         }
-    }
-}
-
-/// A TLS socket shared by its connection and its mailbox.
-#[derive(Debug, Clone)]
-pub struct SharedTls(pub Arc<TlsSocket>);
-
-/// A borrowed half of a shared TLS socket.
-#[derive(Debug, Clone, Copy)]
-pub struct TlsRef<'a>(&'a TlsSocket);
-
-impl Halves for SharedTls {
-    type Read<'a> = TlsRef<'a>;
-    type Write<'a> = TlsRef<'a>;
-
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        (TlsRef(&self.0), TlsRef(&self.0))
-    }
-
-    fn direct(&self) -> Option<Direct> {
-        Some(Direct::Tls(self.0.clone()))
-    }
-}
-
-impl AsyncRead for TlsRef<'_> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsRef<'_> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.0.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.0.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_shutdown(cx)
-    }
-}
-
-impl AsyncRead for SharedTls {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedTls {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.0.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.0.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_shutdown(cx)
     }
 }
