@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn, Instrument};
@@ -16,7 +16,6 @@ use crate::duplex::{Halves, Socket};
 use crate::ending::{Code, Control, Ending};
 use crate::gzip::{self, InflateError};
 use crate::hub::ClientInfo;
-use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::reader::{FrameError, Incoming, ReadEnd, Reader};
@@ -213,9 +212,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> Ending {
     // Held while this reader may publish; the drain waits until every reader has let go.
     let mut accepting = Some(ctx.shutdown.reader_guard());
-    let mut heartbeat = Heartbeat::new(Instant::now(), settings);
-    let timer = sleep_until(heartbeat.next());
-    tokio::pin!(timer);
     let mut budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
     loop {
         let next = tokio::select! {
@@ -224,17 +220,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 accepting = None;
                 continue;
             }
-            () = &mut timer => {
-                if !heartbeat.tick(Instant::now(), reader.mailbox()) {
-                    return Ending::Dead("idle timeout");
-                }
-                timer.as_mut().reset(heartbeat.next());
-                continue;
-            }
             next = reader.next() => next,
         };
-        // Cheaper than resetting the timer for every frame: the timer checks it when it fires.
-        heartbeat.last_seen = Instant::now();
+        // The hub's heartbeat sweep pings and cuts off by it (`Hub::heartbeat`).
+        reader.mailbox().touch();
         let text = match next {
             // The reader answered it (the echo is among the writer's replies).
             Ok(Incoming::Close(code)) => return Ending::PeerClosed(code),
@@ -251,40 +240,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return close_with(Code::Policy, &"message rate limit exceeded");
         }
         publish(text, accepting.is_some(), control, ctx, who);
-    }
-}
-
-/// The one timer of a connection: a ping every `websocket.ping_interval`, and the cut-off
-/// `websocket.idle_timeout` after the last frame the client sent.
-struct Heartbeat {
-    last_seen: Instant,
-    next_ping: Instant,
-    ping_interval: std::time::Duration,
-    idle_timeout: std::time::Duration,
-}
-
-impl Heartbeat {
-    fn new(now: Instant, settings: &Settings) -> Self {
-        let (ping_interval, idle_timeout) = (settings.ping_interval, settings.idle_timeout);
-        Self { last_seen: now, next_ping: now + ping_interval, ping_interval, idle_timeout }
-    }
-
-    /// When the timer must fire next.
-    fn next(&self) -> Instant {
-        self.next_ping.min(self.last_seen + self.idle_timeout)
-    }
-
-    /// At the timer: false when the client has been silent too long; otherwise queues the
-    /// ping if it is due.
-    fn tick(&mut self, now: Instant, mailbox: &Mailbox) -> bool {
-        if now >= self.last_seen + self.idle_timeout {
-            return false;
-        }
-        if now >= self.next_ping {
-            mailbox.ping();
-            self.next_ping = now + self.ping_interval;
-        }
-        true
     }
 }
 

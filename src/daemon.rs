@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, AdminState, Health};
 use crate::admission::Admission;
@@ -229,6 +229,7 @@ impl Daemon {
         // STATUS= and WATCHDOG= until the process ends, the drain included.
         let heartbeat = tokio::spawn(heartbeat(self.ctx.hub.clone(), listening.clone()));
         let expiry = tokio::spawn(expire_tokens(self.ctx.clone()));
+        let keepalive = tokio::spawn(keepalive(self.ctx.clone()));
         while let Some(Event::Reload) = events.next().await {
             self.reload();
             notify::ready(&format!("listening on {listening}; {} clients", self.ctx.hub.len()));
@@ -236,6 +237,7 @@ impl Daemon {
         let report = self.drain(&mut events).await;
         heartbeat.abort();
         expiry.abort();
+        keepalive.abort();
         self.broker = None;
         report
     }
@@ -382,6 +384,23 @@ async fn heartbeat(hub: Arc<Hub>, listening: String) {
                 }
             }
             _ = ping.tick(), if watchdog.is_some() => notify::watchdog(),
+        }
+    }
+}
+
+/// The connections' heartbeats, one sweep for all of them instead of a timer per connection:
+/// a ping every `websocket.ping_interval`, the cut-off after `websocket.idle_timeout` of silence,
+/// each at most a quarter of the shorter one late (and at most a second).
+async fn keepalive(ctx: Arc<Context>) {
+    loop {
+        let (ping, idle) = {
+            let live = ctx.live.borrow();
+            (live.ping_interval, live.idle_timeout)
+        };
+        tokio::time::sleep((ping.min(idle) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))).await;
+        let ended = ctx.hub.heartbeat(crate::mailbox::now_ms(), ping, idle);
+        if ended > 0 {
+            debug!(ended, "dropped connections silent for websocket.idle_timeout");
         }
     }
 }

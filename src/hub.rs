@@ -332,6 +332,19 @@ impl Hub {
         closed
     }
 
+    /// The heartbeat of every registered connection at `now` ([`crate::mailbox::now_ms`]): pings the
+    /// ones due, and ends (without a Close: the peer is gone) the ones silent for
+    /// `idle_timeout`; returns how many it ended.
+    pub fn heartbeat(&self, now: u64, ping_interval: Duration, idle_timeout: Duration) -> usize {
+        let mut ended = 0;
+        self.registry.for_each(|client| {
+            if !client.mailbox.beat(now, ping_interval, idle_timeout) {
+                ended += usize::from(client.control.end(Ending::Dead("idle timeout")));
+            }
+        });
+        ended
+    }
+
     /// Registered connections.
     pub fn len(&self) -> usize {
         self.registry.len()
@@ -400,6 +413,30 @@ mod tests {
         assert_eq!(hub.expire(1000), 1);
         assert_eq!(never.control.ending(), None, "no token, no expiry");
         assert_eq!(hub.next_expiry.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    #[test]
+    fn the_heartbeat_pings_when_due_and_ends_the_silent_only() {
+        let hub = hub();
+        let (ping, idle) = (Duration::from_millis(100), Duration::from_millis(250));
+        let quiet = hub.join("quiet".into(), info(false), 4, None);
+        let chatty = hub.join("chatty".into(), info(false), 4, None);
+        // Both joined at `start` or a few milliseconds before.
+        let start = crate::mailbox::now_ms();
+        assert_eq!(hub.heartbeat(start + 50, ping, idle), 0);
+        assert!(quiet.mailbox.take_replies().is_empty(), "no ping before ping_interval");
+        assert_eq!(hub.heartbeat(start + 100, ping, idle), 0);
+        assert_eq!(quiet.mailbox.take_replies(), crate::frame::PING_FRAME, "pinged once due");
+        assert_eq!(hub.heartbeat(start + 150, ping, idle), 0);
+        assert!(quiet.mailbox.take_replies().is_empty(), "the next ping waits a whole interval");
+        // A frame from the client moves its silence forward.
+        chatty.mailbox.seen_at(start + 200);
+        assert_eq!(hub.heartbeat(start + 250, ping, idle), 1);
+        assert_eq!(quiet.control.ending(), Some(&Ending::Dead("idle timeout")));
+        assert_eq!(chatty.control.ending(), None);
+        assert_eq!(hub.heartbeat(start + 449, ping, idle), 0, "each ended once");
+        assert_eq!(hub.heartbeat(start + 450, ping, idle), 1);
+        assert_eq!(chatty.control.ending(), Some(&Ending::Dead("idle timeout")));
     }
 
     #[test]

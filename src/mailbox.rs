@@ -2,8 +2,10 @@
 //! frames its reader owes the peer (pongs, pings, the echo of a Close), under one lock with one
 //! wakeup for the writer.
 //!
-//! It replaces a tokio mpsc channel, a separate reply buffer with its own `Notify`, and the
-//! writer's ping timer: the channel alone kept about 800 bytes per connection (two cache-padded
+//! It also keeps the connection's heartbeat (when the client last sent a frame, when it was
+//! last pinged), which one sweep over the registry reads for every connection: no timer per
+//! connection. It replaces a tokio mpsc channel, a separate reply buffer with its own `Notify`,
+//! and the connection's timers: the channel alone kept about 800 bytes per connection (two cache-padded
 //! halves and a first block of 32 slots that is never freed); an idle mailbox holds no buffer.
 //!
 //! A mailbox also holds its connection's socket (plain or TLS). A broadcast pushed while the writer
@@ -17,7 +19,9 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -45,6 +49,13 @@ fn add_bounded(frames: &mut Vec<u8>, more: &[u8]) {
         frames.clear();
     }
     frames.extend_from_slice(more);
+}
+
+/// Milliseconds on a monotonic clock (tokio's, so paused test time moves it), for heartbeats.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let start = *START.get_or_init(tokio::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What a push came to.
@@ -94,6 +105,10 @@ pub struct Mailbox {
     gzip: bool,
     /// The socket, for direct writes.
     socket: Option<Socket>,
+    /// When the client last sent a frame ([`now_ms`]).
+    seen: AtomicU64,
+    /// When the client was last pinged, or connected.
+    pinged: AtomicU64,
 }
 
 impl Inner {
@@ -110,7 +125,33 @@ impl Mailbox {
     /// A mailbox for at most `capacity` queued broadcasts (gzip frames or text), flushed
     /// straight to `socket` when there is one.
     pub fn new(capacity: usize, gzip: bool, socket: Option<Socket>) -> Self {
-        Self { inner: Mutex::default(), ready: Notify::new(), capacity, gzip, socket }
+        let now = now_ms();
+        let (seen, pinged) = (now.into(), now.into());
+        Self { inner: Mutex::default(), ready: Notify::new(), capacity, gzip, socket, seen, pinged }
+    }
+
+    /// The client sent a frame: it is alive.
+    pub fn touch(&self) {
+        self.seen_at(now_ms());
+    }
+
+    /// The client sent a frame at `now` ([`now_ms`]).
+    pub fn seen_at(&self, now: u64) {
+        self.seen.store(now, Ordering::Relaxed);
+    }
+
+    /// The heartbeat at `now` ([`now_ms`]): false when the client has sent nothing for
+    /// `idle_timeout`; otherwise queues a ping when `ping_interval` has passed since the last.
+    pub fn beat(&self, now: u64, ping_interval: Duration, idle_timeout: Duration) -> bool {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(self.seen.load(Ordering::Relaxed)) >= ms(idle_timeout) {
+            return false;
+        }
+        if now.saturating_sub(self.pinged.load(Ordering::Relaxed)) >= ms(ping_interval) {
+            self.pinged.store(now, Ordering::Relaxed);
+            self.ping();
+        }
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

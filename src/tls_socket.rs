@@ -448,10 +448,11 @@ mod tests {
             socket.flush().await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             let Socket::Tls(tls) = &socket else { unreachable!() };
-            let state = tls.lock();
-            let held = (state.partial.capacity(), state.plain.capacity(), state.outgoing.capacity());
+            let held = {
+                let state = tls.lock();
+                (state.partial.capacity(), state.plain.capacity(), state.outgoing.capacity())
+            };
             assert_eq!(held, (0, 0, 0), "{version:?}: buffers an idle session holds");
-            drop(state);
             done.send(()).unwrap();
             peer.await.unwrap();
         }

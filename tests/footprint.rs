@@ -20,10 +20,10 @@ async fn connection_futures_stay_small() {
     let serve = wscast::connection::serve(connect(), "127.0.0.1:1".parse().unwrap(), ctx.clone());
     println!("serve future: {} bytes", size_of_val(&serve));
     // A connection, plain or TLS, runs inline in its task: this is all a connection's task
-    // holds, about 1,930 bytes in a debug build today. The TLS session is not in it (it is
+    // holds, about 1,740 bytes in a debug build today (no timer: one sweep keeps every heartbeat). The TLS session is not in it (it is
     // behind the socket's `Arc`, and rustls' handshake state is boxed and freed once done); a
     // TLS stream inline would add over a kilobyte.
-    assert!(size_of_val(&serve) <= 2304, "serve future is {} bytes", size_of_val(&serve));
+    assert!(size_of_val(&serve) <= 1920, "serve future is {} bytes", size_of_val(&serve));
     let settings = wscast::settings::Settings::new(&common::config(), None, Default::default());
     let run = wscast::connection::handshake_and_run(
         connect(),
@@ -35,7 +35,7 @@ async fn connection_futures_stay_small() {
     println!("handshake_and_run future: {} bytes", size_of_val(&run));
     // run_client's future plus what outlives the upgrade (a request's leftovers, say a token,
     // would show here).
-    assert!(size_of_val(&run) <= 2048, "handshake_and_run future is {} bytes", size_of_val(&run));
+    assert!(size_of_val(&run) <= 1792, "handshake_and_run future is {} bytes", size_of_val(&run));
     let info = wscast::hub::ClientInfo {
         peer: "127.0.0.1:1".parse().unwrap(),
         tls: false,
@@ -45,6 +45,6 @@ async fn connection_futures_stay_small() {
     };
     let client = wscast::connection::run_client(connect(), Vec::new(), "k".into(), info, &settings, &ctx);
     println!("run_client future (kept by every open connection): {} bytes", size_of_val(&client));
-    // 1,544 bytes in a debug build today (the reader and writer futures side by side).
-    assert!(size_of_val(&client) <= 2048, "run_client future is {} bytes", size_of_val(&client));
+    // 1,384 bytes in a debug build today (the reader and writer futures side by side).
+    assert!(size_of_val(&client) <= 1536, "run_client future is {} bytes", size_of_val(&client));
 }
