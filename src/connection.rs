@@ -1,15 +1,19 @@
-//! One connection's life, top to bottom: TLS and upgrade under one deadline, join the hub, a
-//! reader that publishes and a writer that delivers until one of them ends it, then the close.
+//! One connection's life, top to bottom: TLS and upgrade under one deadline, join the hub, then
+//! one hand-written poll that reads and publishes, and writes what the mailbox holds, until the
+//! connection is ended, then the close.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::duplex::{Halves, Socket};
@@ -124,9 +128,9 @@ fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> R
     })
 }
 
-/// Serves an upgraded client: registration, then a reader that publishes and a writer that
-/// delivers until one of them ends it, then the close handshake. Its future is what every open
-/// connection keeps, so `tests/footprint.rs` measures it.
+/// Serves an upgraded client: registration, then its [`Conn`] polled until the connection is
+/// ended, then the close handshake. Its future is what every open connection keeps, so
+/// `tests/footprint.rs` measures it.
 #[doc(hidden)]
 pub async fn run_client<S: Halves>(
     mut stream: S,
@@ -146,26 +150,16 @@ pub async fn run_client<S: Halves>(
 
     let (read_end, closed) = {
         let (read_half, mut write_half) = stream.halves();
-        let mut reader = Reader::new(read_half, &tail, settings.max_message_size, &mailbox);
+        let reader = Reader::new(read_half, &tail, settings.max_message_size, &mailbox);
         drop(tail);
-        let mut writer = Writer::new(&mut write_half, &mailbox, &control, &ctx.metrics, info.gzip);
-        let reader = read_loop(&mut reader, ctx, &control, settings, &who);
-        let writing = writer.run(&ctx.shutdown, || member.leave());
-        tokio::pin!(reader, writing);
-        tokio::select! {
-            end = &mut reader => {
-                control.end(end);
-                (true, writing.await)
-            }
-            closed = &mut writing => {
-                // Wait for the peer's Close reply (or its departure) before dropping the socket;
-                // when no Close went out, there is no reply to wait for.
-                if closed.sent() {
-                    let _ = timeout(CLOSE_GRACE, &mut reader).await;
-                }
-                (false, closed)
-            }
-        }
+        let writer = Writer::new(&mut write_half, &mailbox, &control, &ctx.metrics, info.gzip);
+        let budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
+        let accepting = Some(ctx.shutdown.reader_guard());
+        let reading = Reading { reader, accepting, budget, ctx, control: &control, settings, who };
+        let mut conn = Conn { reading, writer };
+        let stop = poll_fn(|cx| conn.poll_steady(cx)).await;
+        // Boxed: a connection closes once, and inline the close would enlarge every idle one.
+        Box::pin(conn.close(stop, || member.leave())).await
     };
     let ending = control.ending();
     log_ending(who, &closed, ending);
@@ -202,44 +196,133 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// Reads until the peer leaves, publishing every text (and inflated gzip) message.
-async fn read_loop<R: AsyncRead + Unpin>(
-    reader: &mut Reader<'_, R>,
-    ctx: &Context,
-    control: &Control,
-    settings: &Settings,
-    who: &Who<'_>,
-) -> Ending {
-    // Held while this reader may publish; the drain waits until every reader has let go.
-    let mut accepting = Some(ctx.shutdown.reader_guard());
-    let mut budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = ctx.shutdown.reading_stopped(), if accepting.is_some() => {
-                accepting = None;
-                continue;
+/// An upgraded connection: its reading side and its writer. It lives inline in the connection's
+/// task, and between polls nothing else does: no future of a reader, a writer, a timer or a
+/// `select!` stays with an idle connection, which is what keeps its task small.
+struct Conn<'a, R, W> {
+    reading: Reading<'a, R>,
+    writer: Writer<'a, W>,
+}
+
+/// Why a connection's steady state stopped.
+enum Stop {
+    /// Its reader ended it: the peer closed, left or broke a rule.
+    Read(Ending),
+    /// It was ended from outside (replaced, kicked, too slow, silent, the drain).
+    Ended,
+    /// A write to the socket failed.
+    WriteFailed(io::Error),
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<'_, R, W> {
+    /// Until the connection is ended: reads and handles every frame the socket has, then writes
+    /// what the mailbox holds. Each poll registers the task with the control (which the drain
+    /// also wakes when reading stops), the socket and, while the writer is idle, the mailbox.
+    fn poll_steady(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Stop> {
+        let reading = &mut self.reading;
+        if reading.control.poll_ended(cx).is_ready() {
+            return Poll::Ready(Stop::Ended);
+        }
+        if reading.accepting.is_some() && reading.ctx.shutdown.reading_has_stopped() {
+            reading.accepting = None;
+        }
+        while let Poll::Ready(next) = reading.reader.poll_next(cx) {
+            if let Err(ending) = reading.handle(next) {
+                return Poll::Ready(Stop::Read(ending));
             }
-            next = reader.next() => next,
-        };
+        }
+        if reading.control.ending().is_some() {
+            return Poll::Ready(Stop::Ended);
+        }
+        self.writer.poll_deliver(cx).map(Stop::WriteFailed)
+    }
+
+    /// The close, once the steady state stopped: the writer sends what the ending calls for
+    /// (after calling `leave`) while the reader goes on reading until the peer's reply.
+    /// Returns whether the reader ended the connection, and how the writer closed.
+    async fn close(&mut self, stop: Stop, leave: impl FnOnce()) -> (bool, Closed) {
+        let (reading, writer) = (&mut self.reading, &mut self.writer);
+        let shutdown = &reading.ctx.shutdown;
+        match stop {
+            Stop::Read(end) => {
+                reading.control.end(end);
+                (true, writer.close_after(Ok(()), shutdown, leave).await)
+            }
+            Stop::WriteFailed(e) => (false, writer.close_after(Err(e), shutdown, leave).await),
+            Stop::Ended => {
+                let control = reading.control;
+                let rest = reading.read_rest();
+                let writing = writer.close_after(Ok(()), shutdown, leave);
+                tokio::pin!(rest, writing);
+                tokio::select! {
+                    end = &mut rest => {
+                        control.end(end);
+                        (true, writing.await)
+                    }
+                    closed = &mut writing => {
+                        // Wait for the peer's Close reply (or its departure) before dropping the
+                        // socket; when no Close went out, there is no reply to wait for.
+                        if closed.sent() {
+                            let _ = timeout(CLOSE_GRACE, &mut rest).await;
+                        }
+                        (false, closed)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reading side of a connection: its reader, and what handling a client's message needs.
+struct Reading<'a, R> {
+    reader: Reader<'a, R>,
+    /// Held while this reader may publish; the drain waits until every reader has let go.
+    accepting: Option<TaskTrackerToken>,
+    /// `websocket.max_messages_per_second`, when set.
+    budget: Option<TokenBucket>,
+    ctx: &'a Context,
+    control: &'a Control,
+    settings: &'a Settings,
+    who: Who<'a>,
+}
+
+impl<R: AsyncRead + Unpin> Reading<'_, R> {
+    /// What a frame (or the end of reading) means: a message is published; an error is the
+    /// connection's ending.
+    fn handle(&mut self, next: Result<Incoming, ReadEnd>) -> Result<(), Ending> {
         // The hub's heartbeat sweep pings and cuts off by it (`Hub::heartbeat`).
-        reader.mailbox().touch();
+        self.reader.mailbox().touch();
         let text = match next {
             // The reader answered it (the echo is among the writer's replies).
-            Ok(Incoming::Close(code)) => return Ending::PeerClosed(code),
+            Ok(Incoming::Close(code)) => return Err(Ending::PeerClosed(code)),
             // Answered by the reader too; like any frame, it proves the peer alive.
-            Ok(Incoming::Ping(_) | Incoming::Pong) => continue,
+            Ok(Incoming::Ping(_) | Incoming::Pong) => return Ok(()),
             Ok(Incoming::Text(text)) => text,
-            Ok(Incoming::Binary(data)) => match inflate(&data, settings.max_message_size) {
-                Ok(text) => text,
-                Err(ending) => return ending,
-            },
-            Err(end) => return ending_for(end, *who),
+            Ok(Incoming::Binary(data)) => inflate(&data, self.settings.max_message_size)?,
+            Err(end) => return Err(ending_for(end, self.who)),
         };
-        if over_rate(budget.as_mut(), settings.message_rate) {
-            return close_with(Code::Policy, &"message rate limit exceeded");
+        if over_rate(self.budget.as_mut(), self.settings.message_rate) {
+            return Err(close_with(Code::Policy, &"message rate limit exceeded"));
         }
-        publish(text, accepting.is_some(), control, ctx, who);
+        publish(text, self.accepting.is_some(), self.control, self.ctx, &self.who);
+        Ok(())
+    }
+
+    /// Reads on while the connection closes, until the peer leaves or breaks a rule.
+    async fn read_rest(&mut self) -> Ending {
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.ctx.shutdown.reading_stopped(), if self.accepting.is_some() => {
+                    self.accepting = None;
+                    continue;
+                }
+                next = self.reader.next() => next,
+            };
+            if let Err(ending) = self.handle(next) {
+                return ending;
+            }
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! How a connection ends: every close code of the wire contract with its reason, the
 //! [`Ending`] a connection is given, and the [`Control`] switch that decides it once.
 //!
-//! A leaf: it imports nothing of the daemon, and no other module writes a close-code number.
+//! Nearly a leaf: it imports nothing of the daemon but [`Wakeup`], and no other module writes a
+//! close-code number.
 
 use std::borrow::Cow;
+use std::future::poll_fn;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use crate::wakeup::Wakeup;
 
 /// A close code the daemon sends (RFC 6455 7.4 and the daemon's own 4000s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +141,7 @@ impl Ending {
 #[derive(Debug, Default)]
 pub struct Control {
     ending: OnceLock<Ending>,
-    notify: Notify,
+    wakeup: Wakeup,
 }
 
 impl Control {
@@ -146,8 +149,8 @@ impl Control {
     pub fn end(&self, ending: Ending) -> bool {
         let first = self.ending.set(ending).is_ok();
         if first {
-            // notify_one stores a permit, so the writer sees it even if it is not waiting now.
-            self.notify.notify_one();
+            // The connection registers before it looks, so it cannot miss this.
+            self.wakeup.nudge();
         }
         first
     }
@@ -157,10 +160,23 @@ impl Control {
         self.ending.get()
     }
 
+    /// Wakes the connection's task to look again at what it waits for (that reading stopped),
+    /// without ending it.
+    pub fn nudge(&self) {
+        self.wakeup.nudge();
+    }
+
     /// Resolves once an ending is set.
     pub async fn ended(&self) {
-        while self.ending.get().is_none() {
-            self.notify.notified().await;
+        poll_fn(|cx| self.poll_ended(cx)).await;
+    }
+
+    /// Ready once an ending is set; until then the task is woken when one is.
+    pub fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.wakeup.register(cx);
+        match self.ending.get() {
+            Some(_) => Poll::Ready(()),
+            None => Poll::Pending,
         }
     }
 }

@@ -204,7 +204,8 @@ impl Outbox {
         poll_fn(|cx| self.poll_flush(Pin::new(&mut *io), cx)).await
     }
 
-    fn poll_flush<W: AsyncWrite>(&mut self, mut io: Pin<&mut W>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// [`flush`](Self::flush) by hand: ready once everything queued is written and flushed.
+    pub fn poll_flush<W: AsyncWrite>(&mut self, mut io: Pin<&mut W>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let control_pending = self.control_written < self.control.len();
             if control_pending && self.written == 0 {

@@ -345,6 +345,12 @@ impl Hub {
         ended
     }
 
+    /// Wakes every registered connection to see that reading stopped (the drain), so each lets
+    /// go of its reader guard at once, however idle.
+    pub fn wake_all(&self) {
+        self.registry.for_each(|client| client.control.nudge());
+    }
+
     /// Registered connections.
     pub fn len(&self) -> usize {
         self.registry.len()

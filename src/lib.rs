@@ -10,7 +10,8 @@
 //! - [`upgrade`]: request head -> validated [`upgrade::ClientParams`] or an HTTP error; runs
 //!   [`admission`] (per-address and handshake-rate limits, 503) and [`token`] (the connection
 //!   token's check, 401) just before the 101.
-//! - [`connection`]: one task per connection: handshake, join, reader, writer, close; its
+//! - [`connection`]: one task per connection: handshake, join, then one hand-written poll that
+//!   reads and writes until the connection ends, then the close; its
 //!   [`reader`] parses the client's frames from one read buffer per worker thread; [`duplex`]
 //!   lends it and the writer the socket's two halves.
 //! - [`hub`]: the only door to delivery: join (a [`hub::Member`] that leaves on drop), publish,
@@ -22,8 +23,8 @@
 //!   reader owes) and close sequence, onto the socket through [`frame`] (frames encoded once per
 //!   message, written from the shared buffer).
 //!
-//! Leaves: [`ending`] (how a connection ends, every close code), [`rate`] (the token bucket),
-//! [`gzip`]. Around it: [`config`], [`settings`] (the live settings a reload replaces),
+//! Leaves: [`ending`] (how a connection ends, every close code), [`wakeup`] (a connection
+//! task's wakeup, polled by hand), [`rate`] (the token bucket), [`gzip`]. Around it: [`config`], [`settings`] (the live settings a reload replaces),
 //! [`state`] (what every connection shares), [`logging`], [`signals`], [`notify`] (sd_notify),
 //! [`shutdown`] (phased drain), [`admin`] (health, readiness, [`metrics`] and the [`api`] over
 //! HTTP) and [`daemon`] (bind, run, reload).
@@ -60,4 +61,5 @@ pub mod tls;
 pub mod tls_socket;
 pub mod token;
 pub mod upgrade;
+pub mod wakeup;
 pub mod writer;

@@ -23,10 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use crate::duplex::Socket;
 use crate::frame::{self, Frames, Outbox};
+use crate::wakeup::Wakeup;
 
 /// Control-frame replies buffered at most, in bytes; past it older pongs are dropped, which
 /// RFC 6455 5.5.3 allows (answer only the latest ping).
@@ -98,8 +97,8 @@ pub struct Flushed {
 #[derive(Debug)]
 pub struct Mailbox {
     inner: Mutex<Inner>,
-    /// Wakes the writer; `notify_one` keeps a permit when it is not waiting.
-    ready: Notify,
+    /// Wakes the writer; a notification keeps a permit when it is not waiting.
+    ready: Wakeup,
     capacity: usize,
     /// Gzip frames for this client, or text.
     gzip: bool,
@@ -127,7 +126,7 @@ impl Mailbox {
     pub fn new(capacity: usize, gzip: bool, socket: Option<Socket>) -> Self {
         let now = now_ms();
         let (seen, pinged) = (now.into(), now.into());
-        Self { inner: Mutex::default(), ready: Notify::new(), capacity, gzip, socket, seen, pinged }
+        Self { inner: Mutex::default(), ready: Wakeup::default(), capacity, gzip, socket, seen, pinged }
     }
 
     /// The client sent a frame: it is alive.
@@ -177,7 +176,7 @@ impl Mailbox {
         drop(inner);
         // A writer that has not emptied the queue takes this one without being woken.
         if was_empty {
-            self.ready.notify_one();
+            self.ready.notify();
         }
         Push::Taken
     }
@@ -212,7 +211,7 @@ impl Mailbox {
         }
         drop(inner);
         if left {
-            self.ready.notify_one();
+            self.ready.notify();
         }
     }
 
@@ -223,7 +222,7 @@ impl Mailbox {
         add_bounded(&mut inner.replies, frames);
         inner.closing |= closing;
         drop(inner);
-        self.ready.notify_one();
+        self.ready.notify();
     }
 
     /// Queues the heartbeat's Ping, unless control frames are still waiting: a writer that has
@@ -236,7 +235,7 @@ impl Mailbox {
         }
         inner.replies.extend_from_slice(&frame::PING_FRAME);
         drop(inner);
-        self.ready.notify_one();
+        self.ready.notify();
     }
 
     /// Broadcasts waiting.
@@ -301,7 +300,19 @@ impl Mailbox {
     /// Resolves when something was pushed since the last wait (or spuriously: check with
     /// [`take`](Self::take)).
     pub async fn pushed(&self) {
-        self.ready.notified().await;
+        std::future::poll_fn(|cx| self.poll_pushed(cx)).await;
+    }
+
+    /// Ready when something was pushed since the last time it was ready (or spuriously); until
+    /// then the task is woken by the next push.
+    pub fn poll_pushed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.ready.poll(cx)
+    }
+
+    /// Wakes the writer's task to look again at what it waits for (the drain's stop of reading),
+    /// with nothing pushed.
+    pub fn nudge(&self) {
+        self.ready.nudge();
     }
 }
 

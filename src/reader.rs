@@ -317,17 +317,23 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
 
     /// The next message or control frame. Cancel-safe: a read happens within one poll.
     pub async fn next(&mut self) -> Result<Incoming, ReadEnd> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// The next message or control frame, or the end, when one has come; until then the task
+    /// is woken when the socket is readable.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, ReadEnd>> {
         loop {
             if let Some(incoming) = self.parsed.pop_front() {
                 if self.parsed.is_empty() {
                     self.parsed = VecDeque::new();
                 }
-                return Ok(incoming);
+                return Poll::Ready(Ok(incoming));
             }
             if let Some(end) = self.end.take() {
-                return Err(end);
+                return Poll::Ready(Err(end));
             }
-            poll_fn(|cx| self.poll_fill(cx)).await;
+            ready!(self.poll_fill(cx));
         }
     }
 

@@ -120,6 +120,8 @@ impl Shutdown {
         let deadline = *self.deadline.get_or_init(|| Instant::now() + timeout);
         self.stop_accepting.cancel();
         self.stop_reading.cancel();
+        // An idle connection polls nothing that the cancel wakes: it is woken to look.
+        hub.wake_all();
         self.readers.close();
         let _ = tokio::time::timeout_at(deadline, self.readers.wait()).await;
         // What was accepted reaches the other nodes before clients are told to go.

@@ -2,9 +2,12 @@
 //! [`Mailbox`], and the close sequence. It is the only code that writes to a client's socket
 //! once the upgrade is done.
 
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::time::{timeout, Instant};
 
 use crate::ending::{Code, Control, Ending};
@@ -46,18 +49,36 @@ pub struct Writer<'a, W> {
     mailbox: &'a Mailbox,
     control: &'a Control,
     metrics: &'a Metrics,
+    /// Everything taken was written: only a push makes it look again.
+    waiting: bool,
 }
 
 impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
     /// A writer of `mailbox` to `io` for a client that wants gzip frames or text ones.
     pub fn new(io: &'a mut W, mailbox: &'a Mailbox, control: &'a Control, metrics: &'a Metrics, gzip: bool) -> Self {
-        Self { io, outbox: Outbox::new(gzip), mailbox, control, metrics }
+        Self { io, outbox: Outbox::new(gzip), mailbox, control, metrics, waiting: false }
     }
 
     /// Delivers until the connection is ended, calls `leave` (out of the registry before the
     /// close handshake: nothing more is queued for us), then sends what the ending calls for.
     pub async fn run(&mut self, shutdown: &Shutdown, leave: impl FnOnce()) -> Closed {
-        let delivered = self.deliver().await;
+        let control = self.control;
+        let delivered = poll_fn(|cx| match control.poll_ended(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(())),
+            Poll::Pending => self.poll_deliver(cx).map(Err),
+        })
+        .await;
+        self.close_after(delivered, shutdown, leave).await
+    }
+
+    /// The writer's end once delivering stopped (the connection was ended, or `delivered` is
+    /// the write that failed): calls `leave`, then sends what the ending calls for.
+    pub async fn close_after(
+        &mut self,
+        delivered: std::io::Result<()>,
+        shutdown: &Shutdown,
+        leave: impl FnOnce(),
+    ) -> Closed {
         leave();
         if let Err(e) = delivered {
             self.control.end(Ending::Dead("write failed"));
@@ -77,31 +98,30 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         }
     }
 
-    async fn deliver(&mut self) -> std::io::Result<()> {
-        let control = self.control;
+    /// Writes what the mailbox holds; pending while there is nothing to write or the socket is
+    /// full, ready only with the error a write met. The caller stops polling it once the
+    /// connection is ended (a blocked write must not keep a slow client from being cut off);
+    /// the outbox keeps its place.
+    pub fn poll_deliver(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
         loop {
-            // Take before waiting: a push into a queue that was not empty wakes nobody.
-            if !self.mailbox.take(&mut self.outbox, MAX_BATCH) {
+            if self.waiting {
+                // Only a push wakes an idle writer: its own reads do not make it look.
+                ready!(self.mailbox.poll_pushed(cx));
+                self.waiting = false;
+            }
+            if self.outbox.is_empty() && !self.mailbox.take(&mut self.outbox, MAX_BATCH) {
                 // A direct write may have left ciphertext the socket did not take (TLS).
-                tokio::select! {
-                    biased;
-                    () = control.ended() => return Ok(()),
-                    r = self.io.flush() => r?,
+                if let Err(e) = ready!(Pin::new(&mut *self.io).poll_flush(cx)) {
+                    return Poll::Ready(e);
                 }
-                tokio::select! {
-                    biased;
-                    () = control.ended() => return Ok(()),
-                    () = self.mailbox.pushed() => continue,
-                }
+                self.waiting = true;
+                continue;
             }
-            // A blocked write must not keep a slow client from being cut off; the outbox keeps
-            // its place when the write is abandoned.
-            tokio::select! {
-                biased;
-                () = control.ended() => return Ok(()),
-                r = self.outbox.flush(&mut *self.io) => r?,
-            }
+            let flushed = ready!(self.outbox.poll_flush(Pin::new(&mut *self.io), cx));
             self.count_sent();
+            if let Err(e) = flushed {
+                return Poll::Ready(e);
+            }
         }
     }
 
