@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use tokio::time::Instant;
@@ -84,12 +84,13 @@ pub struct Admission {
 
 /// One admitted connection's place in its address's count; released on drop.
 #[derive(Debug)]
-pub struct Slot<'a> {
-    admission: &'a Admission,
+pub struct Slot {
+    // Owned, not borrowed, like everything a connection holds.
+    admission: Arc<Admission>,
     key: AddressKey,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(mut n) = self.admission.open.get_mut(&self.key) {
             *n -= 1;
@@ -111,7 +112,7 @@ impl Admission {
     }
 
     /// Admits a connection from `ip` (canonical), or says which 503 to answer.
-    pub fn admit(&self, ip: IpAddr, limits: &Limits) -> Result<Slot<'_>, Rejection> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Slot, Rejection> {
         let key = AddressKey::new(ip, self.ipv6_prefix);
         let trusted = limits.trusted.contains(&ip);
         // The count's entry stays locked until the slot is taken, so two handshakes from one
@@ -125,7 +126,7 @@ impl Admission {
             Err(unavailable("too many new connections right now".into(), fastrand::u64(1..=5)))
         } else {
             *open += 1;
-            Ok(Slot { admission: self, key })
+            Ok(Slot { admission: self.clone(), key })
         };
         drop(open);
         if verdict.is_err() {
@@ -179,7 +180,7 @@ mod tests {
 
     #[test]
     fn per_ip_cap_counts_open_slots_and_exempts_trusted() {
-        let a = Admission::new(64);
+        let a = Arc::new(Admission::new(64));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let s1 = a.admit(ip, &limits(2, 0)).unwrap();
         let _s2 = a.admit(ip, &limits(2, 0)).unwrap();
@@ -195,7 +196,7 @@ mod tests {
 
     #[test]
     fn connections_admitted_without_a_limit_count_once_one_is_set() {
-        let a = Admission::new(64);
+        let a = Arc::new(Admission::new(64));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let held: Vec<_> = (0..3).map(|_| a.admit(ip, &limits(0, 0)).unwrap()).collect();
         assert_eq!(a.open_from(ip), 3);
@@ -207,7 +208,7 @@ mod tests {
 
     #[test]
     fn ipv6_counts_by_prefix() {
-        let a = Admission::new(64);
+        let a = Arc::new(Admission::new(64));
         let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
         let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
@@ -222,7 +223,7 @@ mod tests {
 
     #[test]
     fn handshake_budget_admits_a_burst_and_one_address_only_its_share() {
-        let a = Admission::new(64);
+        let a = Arc::new(Admission::new(64));
         let greedy: IpAddr = "192.0.2.1".parse().unwrap();
         let admitted = (0..50).filter(|_| a.admit(greedy, &limits(0, 40)).is_ok()).count();
         assert_eq!(admitted, 10, "a quarter of 40");

@@ -2,11 +2,12 @@
 //! one hand-written poll that reads and publishes, and writes what the mailbox holds, until the
 //! connection is ended, then the close.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,10 +17,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, warn, Instrument};
 
-use crate::duplex::{Halves, Socket};
+use crate::admission::Slot;
+use crate::duplex::Socket;
 use crate::ending::{Code, Control, Ending};
 use crate::gzip::{self, InflateError};
-use crate::hub::ClientInfo;
+use crate::hub::{ClientInfo, Joined, Member};
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::reader::{FrameError, Incoming, ReadEnd, Reader};
@@ -31,43 +33,96 @@ use crate::upgrade::{self, ClientParams, HandshakeError, Rejection};
 use crate::writer::{Closed, Writer, CLOSE_GRACE};
 
 /// Serves one accepted socket to the end. Errors stay here: they are logged, never returned.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+///
+/// The future is written by hand, not by `async`: what an open connection keeps in its task is
+/// its [`Conn`] and nothing else. The handshake before it and the close after it are boxed
+/// futures, freed when they are done, and no argument or local of theirs stays behind.
+pub fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> impl Future<Output = ()> + Send {
+    Serve::Starting(Box::pin(start(tcp, peer, ctx)))
+}
+
+/// A connection's task, phase by phase.
+// The running connection is inline on purpose: the task's own cell is its one allocation.
+#[allow(clippy::large_enum_variant)]
+enum Serve {
+    /// TLS, the upgrade and joining the hub; a connection when they succeed.
+    Starting(Pin<Box<dyn Future<Output = Option<Conn>> + Send>>),
+    /// The steady state, inline: what every open connection keeps.
+    Running(Conn),
+    /// The close handshake and what follows it.
+    Closing(Pin<Box<dyn Future<Output = ()> + Send>>),
+    Done,
+}
+
+impl Future for Serve {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                Serve::Starting(start) => match ready!(start.as_mut().poll(cx)) {
+                    Some(conn) => *this = Serve::Running(conn),
+                    None => *this = Serve::Done,
+                },
+                Serve::Running(conn) => {
+                    let stop = ready!(conn.poll_steady(cx));
+                    let Serve::Running(conn) = std::mem::replace(this, Serve::Done) else { unreachable!() };
+                    *this = Serve::Closing(Box::pin(conn.finish(stop)));
+                }
+                Serve::Closing(closing) => {
+                    ready!(closing.as_mut().poll(cx));
+                    *this = Serve::Done;
+                }
+                Serve::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// TLS and the upgrade under one deadline, then the hub: the connection, or none when the
+/// handshake failed (logged here).
+async fn start(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> Option<Conn> {
     // Copy what we need and release the watch locks at once.
     let settings = ctx.live.borrow().clone();
     let deadline = Instant::now() + settings.handshake_timeout;
     let _ = tcp.set_nodelay(true);
-    // Plain or TLS, the connection runs inline in the task's own cell: one allocation, not a box
-    // in a box. The TLS handshake's state is boxed, and freed once it is done.
     let socket = match settings.tls.clone() {
         None => Socket::Tcp(Arc::new(tcp)),
-        Some(config) => match timeout_at(deadline, Box::pin(tls_socket::accept(tcp, config))).await {
+        Some(config) => match timeout_at(deadline, tls_socket::accept(tcp, config)).await {
             Ok(Ok(tls)) => Socket::Tls(Arc::new(tls)),
             Ok(Err(e)) => {
                 ctx.metrics.rejected("tls");
-                return debug!(%peer, %e, "tls handshake failed");
+                debug!(%peer, %e, "tls handshake failed");
+                return None;
             }
             Err(_) => {
                 ctx.metrics.rejected("timeout");
-                return debug!(%peer, "handshake timeout during tls");
+                debug!(%peer, "handshake timeout during tls");
+                return None;
             }
         },
     };
-    handshake_and_run(socket, peer, deadline, &settings, &ctx).await
+    let upgraded = upgrade(socket, peer, deadline, &settings, &ctx).await?;
+    Some(Conn::join(upgraded, peer, settings, ctx))
 }
 
-/// What the log lines of an upgraded connection name. A span would carry them too, but its few
-/// hundred bytes would stay with every idle connection; the handshake alone runs in one.
+/// What a connection's log lines name. A span would carry them too, but its few hundred bytes
+/// would stay with every idle connection; the handshake alone runs in one.
 #[derive(Debug, Clone, Copy)]
 struct Who<'a> {
     peer: SocketAddr,
     key: &'a str,
 }
 
-#[doc(hidden)]
-pub async fn handshake_and_run<S>(stream: S, peer: SocketAddr, deadline: Instant, settings: &Settings, ctx: &Context)
-where
-    S: Halves,
-{
+/// The WebSocket upgrade, with admission and the token's check; none when it failed (logged).
+async fn upgrade(
+    socket: Socket,
+    peer: SocketAddr,
+    deadline: Instant,
+    settings: &Settings,
+    ctx: &Context,
+) -> Option<upgrade::Upgraded<Socket, (Slot, u32)>> {
     // Admission runs once the head is complete: a silent connection spends nobody's budget. The
     // token is checked after it, so a flood of bad tokens spends its own address's budget.
     let admit = |params: &ClientParams| {
@@ -77,35 +132,25 @@ where
     };
     // A handshake under way when the drain starts still completes (bounded by its deadline): the
     // client then gets a proper 1001 instead of a cut connection.
-    // The handshake's state is boxed and freed once it is done, so it does not size the future
-    // every open connection keeps for its whole life.
     // info, not debug: a span filtered out would strip the peer from the lines inside it.
     let span = tracing::info_span!("conn", %peer);
-    let upgrade = Box::pin(timeout_at(deadline, upgrade::accept(stream, &settings.policy, admit)).instrument(span));
-    let upgraded = match upgrade.await {
-        Ok(Ok(upgraded)) => upgraded,
+    match timeout_at(deadline, upgrade::accept(socket, &settings.policy, admit)).instrument(span).await {
+        Ok(Ok(upgraded)) => Some(upgraded),
         Ok(Err(HandshakeError::Rejected(r))) => {
             ctx.metrics.rejected(r.metric_reason());
-            return debug!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
+            debug!(%peer, status = r.status.as_u16(), reason = %r.reason, "upgrade rejected");
+            None
         }
-        Ok(Err(e)) => return debug!(%peer, %e, "handshake failed"),
+        Ok(Err(e)) => {
+            debug!(%peer, %e, "handshake failed");
+            None
+        }
         Err(_) => {
             ctx.metrics.rejected("timeout");
-            return debug!(%peer, "handshake timeout");
+            debug!(%peer, "handshake timeout");
+            None
         }
-    };
-    // Held for the connection's life: its place in the per-address count, and in the counts.
-    let upgrade::Upgraded { stream, tail, params, admitted: (_slot, expires) } = upgraded;
-    // Taken apart here so that nothing of the request (the token least of all) stays in the
-    // state every open connection keeps.
-    let ClientParams { key, gzip, token } = params;
-    drop(token);
-    let _client = ctx.shutdown.client();
-    ctx.metrics.accepted.inc();
-    let _counted = Counted::new(&ctx.metrics, settings.tls.is_some());
-    let info =
-        ClientInfo { peer, tls: settings.tls.is_some(), gzip, connected_at: std::time::SystemTime::now(), expires };
-    run_client(stream, tail, key, info, settings, ctx).await
+    }
 }
 
 /// The connection token's check when `[auth]` requires one: the token's `exp` (0 when none is
@@ -128,80 +173,42 @@ fn authorize(params: &ClientParams, settings: &Settings, metrics: &Metrics) -> R
     })
 }
 
-/// Serves an upgraded client: registration, then its [`Conn`] polled until the connection is
-/// ended, then the close handshake. Its future is what every open connection keeps, so
-/// `tests/footprint.rs` measures it.
-#[doc(hidden)]
-pub async fn run_client<S: Halves>(
-    mut stream: S,
-    tail: Vec<u8>,
-    key: Box<str>,
-    info: ClientInfo,
-    settings: &Settings,
-    ctx: &Context,
-) {
-    let joined = ctx.hub.join(key, info, settings.send_queue, stream.direct());
-    let (member, mailbox, control) = (joined.member, joined.mailbox, joined.control);
-    let who = Who { peer: info.peer, key: member.key() };
-    if ctx.shutdown.is_closing() {
-        control.end(Ending::close(Code::GoingAway));
-    }
-    debug!(peer = %who.peer, key = who.key, gzip = info.gzip, "connected");
-
-    let (read_end, closed) = {
-        let (read_half, mut write_half) = stream.halves();
-        let reader = Reader::new(read_half, &tail, settings.max_message_size, &mailbox);
-        drop(tail);
-        let writer = Writer::new(&mut write_half, &mailbox, &control, &ctx.metrics, info.gzip);
-        let budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
-        let accepting = Some(ctx.shutdown.reader_guard());
-        let reading = Reading { reader, accepting, budget, ctx, control: &control, settings, who };
-        let mut conn = Conn { reading, writer };
-        let stop = poll_fn(|cx| conn.poll_steady(cx)).await;
-        // Boxed: a connection closes once, and inline the close would enlarge every idle one.
-        Box::pin(conn.close(stop, || member.leave())).await
-    };
-    let ending = control.ending();
-    log_ending(who, &closed, ending);
-    // The code the server sent, else the one the client sent, else none (a vanished peer).
-    ctx.metrics.disconnected(match ending {
-        Some(Ending::Close { code, .. }) => Some(code.as_u16()),
-        Some(Ending::PeerClosed(code)) => *code,
-        _ => None,
-    });
-    // After a protocol error the client may still be sending the rest of its bad message; close
-    // our side and read until it closes, so our Close frame is not destroyed by a reset.
-    if read_end && closed.sent() {
-        let lingering = Box::pin(linger(&mut stream));
-        lingering.await;
-    }
-}
-
-/// A connection's place in the connection gauge, given back on drop.
-struct Counted<'a> {
-    metrics: &'a Metrics,
+/// A connection's place in the daemon's books (the drain's count of clients, the connection
+/// gauge), given back on drop.
+struct Books {
+    ctx: Arc<Context>,
     tls: bool,
 }
 
-impl<'a> Counted<'a> {
-    fn new(metrics: &'a Metrics, tls: bool) -> Self {
-        metrics.connections(tls).inc();
-        Self { metrics, tls }
+impl Books {
+    fn new(ctx: Arc<Context>, tls: bool) -> Self {
+        ctx.shutdown.client_joined();
+        ctx.metrics.accepted.inc();
+        ctx.metrics.connections(tls).inc();
+        Self { ctx, tls }
     }
 }
 
-impl Drop for Counted<'_> {
+impl Drop for Books {
     fn drop(&mut self) {
-        self.metrics.connections(self.tls).dec();
+        self.ctx.metrics.connections(self.tls).dec();
+        self.ctx.shutdown.client_left();
     }
 }
 
-/// An upgraded connection: its reading side and its writer. It lives inline in the connection's
-/// task, and between polls nothing else does: no future of a reader, a writer, a timer or a
-/// `select!` stays with an idle connection, which is what keeps its task small.
-struct Conn<'a, R, W> {
-    reading: Reading<'a, R>,
-    writer: Writer<'a, W>,
+/// An upgraded connection: its reading side, its writer and what it holds in the hub and the
+/// daemon's books. It lives inline in the connection's task, and between polls nothing else
+/// does: no future of a reader, a writer, a timer or a `select!` stays with an idle connection,
+/// which is what keeps its task small. It owns all it holds, so no future has to keep it alive.
+struct Conn {
+    reading: Reading,
+    writer: Writer<Socket>,
+    /// Its place in the registry; it leaves before the close handshake, or on drop.
+    member: Member,
+    peer: SocketAddr,
+    _books: Books,
+    /// Its place in its address's count.
+    _slot: Slot,
 }
 
 /// Why a connection's steady state stopped.
@@ -214,11 +221,45 @@ enum Stop {
     WriteFailed(io::Error),
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<'_, R, W> {
+impl Conn {
+    /// Joins the hub with an upgraded socket: registration, the reader (fed first with what came
+    /// after the request) and the writer.
+    fn join(
+        upgraded: upgrade::Upgraded<Socket, (Slot, u32)>,
+        peer: SocketAddr,
+        settings: Arc<Settings>,
+        ctx: Arc<Context>,
+    ) -> Self {
+        let upgrade::Upgraded { stream, tail, params, admitted: (slot, expires) } = upgraded;
+        // Taken apart here so that nothing of the request (the token least of all) stays in the
+        // state every open connection keeps.
+        let ClientParams { key, gzip, token } = params;
+        drop(token);
+        let tls = settings.tls.is_some();
+        let books = Books::new(ctx.clone(), tls);
+        let info = ClientInfo { peer, tls, gzip, connected_at: std::time::SystemTime::now(), expires };
+        let Joined { member, mailbox, control } = ctx.hub.join(key, info, settings.send_queue, Some(stream.clone()));
+        if ctx.shutdown.is_closing() {
+            control.end(Ending::close(Code::GoingAway));
+        }
+        debug!(%peer, key = member.key(), gzip, "connected");
+        let reader = Reader::new(stream.clone(), &tail, settings.max_message_size, mailbox.clone());
+        let writer = Writer::new(stream, mailbox, control.clone(), gzip);
+        let budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
+        let accepting = Some(ctx.shutdown.reader_guard());
+        let reading = Reading { reader, accepting, budget, ctx, control, settings };
+        Conn { reading, writer, member, peer, _books: books, _slot: slot }
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who { peer: self.peer, key: self.member.key() }
+    }
+
     /// Until the connection is ended: reads and handles every frame the socket has, then writes
     /// what the mailbox holds. Each poll registers the task with the control (which the drain
     /// also wakes when reading stops), the socket and, while the writer is idle, the mailbox.
     fn poll_steady(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Stop> {
+        let who = Who { peer: self.peer, key: self.member.key() };
         let reading = &mut self.reading;
         if reading.control.poll_ended(cx).is_ready() {
             return Poll::Ready(Stop::Ended);
@@ -227,32 +268,55 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<'_, R, W> {
             reading.accepting = None;
         }
         while let Poll::Ready(next) = reading.reader.poll_next(cx) {
-            if let Err(ending) = reading.handle(next) {
+            if let Err(ending) = reading.handle(next, who) {
                 return Poll::Ready(Stop::Read(ending));
             }
         }
         if reading.control.ending().is_some() {
             return Poll::Ready(Stop::Ended);
         }
-        self.writer.poll_deliver(cx).map(Stop::WriteFailed)
+        self.writer.poll_deliver(cx, &reading.ctx.metrics).map(Stop::WriteFailed)
     }
 
-    /// The close, once the steady state stopped: the writer sends what the ending calls for
-    /// (after calling `leave`) while the reader goes on reading until the peer's reply.
-    /// Returns whether the reader ended the connection, and how the writer closed.
-    async fn close(&mut self, stop: Stop, leave: impl FnOnce()) -> (bool, Closed) {
-        let (reading, writer) = (&mut self.reading, &mut self.writer);
-        let shutdown = &reading.ctx.shutdown;
+    /// Once the steady state stopped: the close, the log line and the metrics, then, after a
+    /// protocol error, the linger.
+    async fn finish(mut self, stop: Stop) {
+        let (read_end, closed) = self.close(stop).await;
+        let ending = self.reading.control.ending();
+        log_ending(self.who(), &closed, ending);
+        // The code the server sent, else the one the client sent, else none (a vanished peer).
+        self.reading.ctx.metrics.disconnected(match ending {
+            Some(Ending::Close { code, .. }) => Some(code.as_u16()),
+            Some(Ending::PeerClosed(code)) => *code,
+            _ => None,
+        });
+        // After a protocol error the client may still be sending the rest of its bad message;
+        // close our side and read until it closes, so our Close frame is not destroyed by a reset.
+        if read_end && closed.sent() {
+            let Conn { reading, writer, member, _books, _slot, .. } = self;
+            drop((reading, member));
+            linger(writer.into_io()).await;
+        }
+    }
+
+    /// The close: the writer sends what the ending calls for (after the member leaves) while the
+    /// reader goes on reading until the peer's reply. Returns whether the reader ended the
+    /// connection, and how the writer closed.
+    async fn close(&mut self, stop: Stop) -> (bool, Closed) {
+        let who = Who { peer: self.peer, key: self.member.key() };
+        let (reading, writer, member) = (&mut self.reading, &mut self.writer, &self.member);
+        let ctx = reading.ctx.clone();
+        let leave = || member.leave();
         match stop {
             Stop::Read(end) => {
                 reading.control.end(end);
-                (true, writer.close_after(Ok(()), shutdown, leave).await)
+                (true, writer.close_after(Ok(()), &ctx.shutdown, &ctx.metrics, leave).await)
             }
-            Stop::WriteFailed(e) => (false, writer.close_after(Err(e), shutdown, leave).await),
+            Stop::WriteFailed(e) => (false, writer.close_after(Err(e), &ctx.shutdown, &ctx.metrics, leave).await),
             Stop::Ended => {
-                let control = reading.control;
-                let rest = reading.read_rest();
-                let writing = writer.close_after(Ok(()), shutdown, leave);
+                let control = reading.control.clone();
+                let rest = reading.read_rest(who);
+                let writing = writer.close_after(Ok(()), &ctx.shutdown, &ctx.metrics, leave);
                 tokio::pin!(rest, writing);
                 tokio::select! {
                     end = &mut rest => {
@@ -274,22 +338,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<'_, R, W> {
 }
 
 /// The reading side of a connection: its reader, and what handling a client's message needs.
-struct Reading<'a, R> {
-    reader: Reader<'a, R>,
+struct Reading {
+    reader: Reader<Socket>,
     /// Held while this reader may publish; the drain waits until every reader has let go.
     accepting: Option<TaskTrackerToken>,
     /// `websocket.max_messages_per_second`, when set.
     budget: Option<TokenBucket>,
-    ctx: &'a Context,
-    control: &'a Control,
-    settings: &'a Settings,
-    who: Who<'a>,
+    ctx: Arc<Context>,
+    control: Arc<Control>,
+    settings: Arc<Settings>,
 }
 
-impl<R: AsyncRead + Unpin> Reading<'_, R> {
+impl Reading {
     /// What a frame (or the end of reading) means: a message is published; an error is the
     /// connection's ending.
-    fn handle(&mut self, next: Result<Incoming, ReadEnd>) -> Result<(), Ending> {
+    fn handle(&mut self, next: Result<Incoming, ReadEnd>, who: Who) -> Result<(), Ending> {
         // The hub's heartbeat sweep pings and cuts off by it (`Hub::heartbeat`).
         self.reader.mailbox().touch();
         let text = match next {
@@ -299,17 +362,17 @@ impl<R: AsyncRead + Unpin> Reading<'_, R> {
             Ok(Incoming::Ping(_) | Incoming::Pong) => return Ok(()),
             Ok(Incoming::Text(text)) => text,
             Ok(Incoming::Binary(data)) => inflate(&data, self.settings.max_message_size)?,
-            Err(end) => return Err(ending_for(end, self.who)),
+            Err(end) => return Err(ending_for(end, who)),
         };
         if over_rate(self.budget.as_mut(), self.settings.message_rate) {
             return Err(close_with(Code::Policy, &"message rate limit exceeded"));
         }
-        publish(text, self.accepting.is_some(), self.control, self.ctx, &self.who);
+        publish(text, self.accepting.is_some(), &self.control, &self.ctx, &who);
         Ok(())
     }
 
     /// Reads on while the connection closes, until the peer leaves or breaks a rule.
-    async fn read_rest(&mut self) -> Ending {
+    async fn read_rest(&mut self, who: Who<'_>) -> Ending {
         loop {
             let next = tokio::select! {
                 biased;
@@ -319,7 +382,7 @@ impl<R: AsyncRead + Unpin> Reading<'_, R> {
                 }
                 next = self.reader.next() => next,
             };
-            if let Err(ending) = self.handle(next) {
+            if let Err(ending) = self.handle(next, who) {
                 return ending;
             }
         }

@@ -164,7 +164,7 @@ impl Daemon {
             (Hub::new(live_rx.clone()), None)
         };
         let ctx = Arc::new(Context {
-            admission: Admission::new(config.server.ipv6_prefix),
+            admission: Arc::new(Admission::new(config.server.ipv6_prefix)),
             hub: Arc::new(hub.counting(&metrics)),
             live: live_rx,
             shutdown: Shutdown::default(),

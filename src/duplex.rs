@@ -1,8 +1,8 @@
-//! A connection's socket, plain or TLS, as a read half and a write half that work at once. The
-//! socket is shared ([`Socket`]): its connection reads and writes it through borrowed halves
-//! (no lock per plain read or write), and its mailbox holds it too, so a fan-out can write a
-//! broadcast straight to it without waking the connection. A TLS socket's session state sits
-//! under a lock in [`TlsSocket`].
+//! A connection's socket, plain or TLS, read and written at once. The socket is shared
+//! ([`Socket`]): its connection's reader and writer each hold it (no lock per plain read or
+//! write), and its mailbox holds it too, so a fan-out can write a broadcast straight to it
+//! without waking the connection. A TLS socket's session state sits under a lock in
+//! [`TlsSocket`].
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -10,37 +10,9 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{tcp, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::tls_socket::TlsSocket;
-
-/// A stream that lends out a read half and a write half; the stream is whole again once both
-/// are dropped.
-pub trait Halves: AsyncRead + AsyncWrite + Unpin {
-    /// The read half.
-    type Read<'a>: AsyncRead + Unpin
-    where
-        Self: 'a;
-    /// The write half.
-    type Write<'a>: AsyncWrite + Unpin
-    where
-        Self: 'a;
-    /// Both halves, borrowing the stream.
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
-    /// The socket others may write whole frames to directly, when there is one.
-    fn direct(&self) -> Option<Socket> {
-        None
-    }
-}
-
-impl Halves for TcpStream {
-    type Read<'a> = tcp::ReadHalf<'a>;
-    type Write<'a> = tcp::WriteHalf<'a>;
-
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        self.split()
-    }
-}
 
 /// A connection's socket, shared by the connection and its mailbox.
 #[derive(Debug, Clone)]
@@ -83,19 +55,6 @@ impl Socket {
             Socket::Tcp(tcp) => SocketRef::Tcp(tcp),
             Socket::Tls(tls) => SocketRef::Tls(tls),
         }
-    }
-}
-
-impl Halves for Socket {
-    type Read<'a> = SocketRef<'a>;
-    type Write<'a> = SocketRef<'a>;
-
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        (self.by_ref(), self.by_ref())
-    }
-
-    fn direct(&self) -> Option<Socket> {
-        Some(self.clone())
     }
 }
 

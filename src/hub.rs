@@ -53,9 +53,9 @@ pub enum Location {
 
 /// What a connection gets when it joins.
 #[derive(Debug)]
-pub struct Joined<'a> {
+pub struct Joined {
     /// Its place in the registry.
-    pub member: Member<'a>,
+    pub member: Member,
     /// The messages (and control replies) to deliver to it.
     pub mailbox: Arc<Mailbox>,
     /// How it is ended.
@@ -65,8 +65,10 @@ pub struct Joined<'a> {
 /// A connection's registration. It leaves on [`Member::leave`] or on drop, and removes only
 /// itself: a successor with the same key is never touched.
 #[derive(Debug)]
-pub struct Member<'a> {
-    hub: &'a Hub,
+pub struct Member {
+    // Owned, not borrowed: a connection's state owns everything it holds, so it can live in its
+    // task without a future around it.
+    hub: Arc<Hub>,
     key: Box<str>,
     id: u64,
     // Atomic, not a plain bool, so that leaving takes `&self`: the writer's leave callback and
@@ -74,7 +76,7 @@ pub struct Member<'a> {
     left: AtomicBool,
 }
 
-impl Member<'_> {
+impl Member {
     /// The key it is registered under.
     pub fn key(&self) -> &str {
         &self.key
@@ -91,7 +93,7 @@ impl Member<'_> {
     }
 }
 
-impl Drop for Member<'_> {
+impl Drop for Member {
     fn drop(&mut self) {
         self.leave();
     }
@@ -130,12 +132,12 @@ impl Hub {
     /// broadcasts go straight to `socket` when it takes them; a connection already there is
     /// closed with 4000.
     pub fn join(
-        &self,
+        self: &Arc<Self>,
         key: Box<str>,
         info: ClientInfo,
         queue_len: usize,
         socket: Option<crate::duplex::Socket>,
-    ) -> Joined<'_> {
+    ) -> Joined {
         let mailbox = Arc::new(Mailbox::new(queue_len, info.gzip, socket));
         let control = Arc::new(Control::default());
         let id = self.registry.next_id();
@@ -151,7 +153,7 @@ impl Hub {
         if let Some(link) = &self.link {
             link.claim(key.clone(), id);
         }
-        Joined { member: Member { hub: self, key, id, left: AtomicBool::new(false) }, mailbox, control }
+        Joined { member: Member { hub: self.clone(), key, id, left: AtomicBool::new(false) }, mailbox, control }
     }
 
     /// A message accepted here: delivered to every local connection (sender included), then
@@ -391,9 +393,9 @@ mod tests {
         }
     }
 
-    fn hub() -> Hub {
+    fn hub() -> Arc<Hub> {
         let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None, Default::default())));
-        Hub::new(live)
+        Arc::new(Hub::new(live))
     }
 
     fn text(s: &'static str) -> Utf8Bytes {
@@ -486,10 +488,10 @@ mod tests {
         assert_eq!(slow.control.ending().and_then(Ending::code), Some(Code::TooSlow));
     }
 
-    fn clustered() -> Hub {
+    fn clustered() -> Arc<Hub> {
         let (_, live) = watch::channel(Arc::new(Settings::new(&Config::default(), None, Default::default())));
         let (link, _work) = Link::new("test", &crate::config::Cluster::default(), Default::default());
-        Hub::clustered(live, Arc::new(link))
+        Arc::new(Hub::clustered(live, Arc::new(link)))
     }
 
     fn id_of(hub: &Hub, key: &str) -> u64 {

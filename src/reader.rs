@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -297,19 +298,19 @@ pub enum ReadEnd {
 }
 
 /// A connection's reader: its socket's read half, its parser, and what one read parsed.
-pub struct Reader<'a, R> {
+pub struct Reader<R> {
     io: R,
     parser: Parser,
     /// Parsed, not yet taken: one read can carry many frames. Freed when emptied.
     parsed: VecDeque<Incoming>,
     end: Option<ReadEnd>,
-    replies: &'a Mailbox,
+    replies: Arc<Mailbox>,
 }
 
-impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
+impl<R: AsyncRead + Unpin> Reader<R> {
     /// A reader of `io`, starting with `tail` (bytes that came after the upgrade request), for
     /// messages of at most `max` bytes; pongs and close echoes go to `replies`.
-    pub fn new(io: R, tail: &[u8], max: usize, replies: &'a Mailbox) -> Self {
+    pub fn new(io: R, tail: &[u8], max: usize, replies: Arc<Mailbox>) -> Self {
         let mut reader = Self { io, parser: Parser::new(max), parsed: VecDeque::new(), end: None, replies };
         reader.absorb(tail);
         reader
@@ -338,8 +339,8 @@ impl<'a, R: AsyncRead + Unpin> Reader<'a, R> {
     }
 
     /// The mailbox its replies go to.
-    pub fn mailbox(&self) -> &'a Mailbox {
-        self.replies
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.replies
     }
 
     /// One read into the thread's buffer, parsed at once; the buffer is not held past it.
@@ -509,8 +510,9 @@ mod tests {
     #[tokio::test]
     async fn a_ping_flood_in_one_read_is_one_event_and_one_pong() {
         let flood: Vec<u8> = (0..2000u16).flat_map(|i| client(0x89, &i.to_be_bytes())).collect();
-        let replies = Mailbox::new(1, false, None);
-        let mut reader = Reader::new(tokio::io::empty(), &[flood, client(0x81, b"after")].concat(), 1024, &replies);
+        let replies = Arc::new(Mailbox::new(1, false, None));
+        let mut reader =
+            Reader::new(tokio::io::empty(), &[flood, client(0x81, b"after")].concat(), 1024, replies.clone());
         assert_eq!(reader.next().await.unwrap(), Incoming::Ping(Bytes::from_static(&[0, 0])));
         assert_eq!(reader.next().await.unwrap(), Incoming::Text("after".into()));
         let owed = replies.take_replies();
@@ -543,8 +545,8 @@ mod tests {
     async fn the_reader_answers_pings_and_echoes_the_close() {
         use tokio::io::AsyncWriteExt;
         let (mut client_side, server_side) = tokio::io::duplex(1024);
-        let replies = Mailbox::new(1, false, None);
-        let mut reader = Reader::new(server_side, &client(0x81, b"tail"), 1024, &replies);
+        let replies = Arc::new(Mailbox::new(1, false, None));
+        let mut reader = Reader::new(server_side, &client(0x81, b"tail"), 1024, replies.clone());
         client_side.write_all(&[client(0x89, b"hi"), client(0x88, &4000u16.to_be_bytes())].concat()).await.unwrap();
         assert_eq!(reader.next().await.unwrap(), Incoming::Text("tail".into()));
         assert_eq!(reader.next().await.unwrap(), Incoming::Ping(Bytes::from_static(b"hi")));

@@ -31,21 +31,6 @@ pub struct Shutdown {
     clients: Mutex<DrainReport>,
 }
 
-/// Held by a connection from its 101 to the end of its task: what the drain summary counts.
-#[derive(Debug)]
-pub struct ClientGuard<'a>(&'a Shutdown);
-
-impl Drop for ClientGuard<'_> {
-    fn drop(&mut self) {
-        let draining = self.0.is_draining();
-        let mut counts = self.0.counts();
-        counts.cut_off -= 1;
-        if draining {
-            counts.drained += 1;
-        }
-    }
-}
-
 /// What a drain achieved, for the `drained N, cut off M` line. Both count clients (upgraded
 /// connections), never handshakes or tasks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +77,20 @@ impl Shutdown {
         self.readers.token()
     }
 
-    /// Counts an upgraded connection until the guard drops.
-    pub fn client(&self) -> ClientGuard<'_> {
+    /// Counts an upgraded connection, from its 101 to the end of its task, until its
+    /// [`Shutdown::client_left`]: what the drain summary counts. A connection's guard pairs them.
+    pub fn client_joined(&self) {
         self.counts().cut_off += 1;
-        ClientGuard(self)
+    }
+
+    /// The end of a client counted by [`Shutdown::client_joined`]: drained when a drain is on.
+    pub fn client_left(&self) {
+        let draining = self.is_draining();
+        let mut counts = self.counts();
+        counts.cut_off -= 1;
+        if draining {
+            counts.drained += 1;
+        }
     }
 
     /// The clients drained so far, and those still connected (cut off if the drain ends now).
@@ -169,13 +164,13 @@ mod tests {
     #[test]
     fn the_summary_counts_clients_once_each() {
         let s = Shutdown::default();
-        let (before, during, still) = (s.client(), s.client(), s.client());
-        drop(before);
+        (0..3).for_each(|_| s.client_joined());
+        s.client_left();
         assert_eq!(s.report(), DrainReport { drained: 0, cut_off: 2 }, "an end before the drain is not drained");
         s.deadline.get_or_init(Instant::now);
-        drop(during);
+        s.client_left();
         assert_eq!(s.report(), DrainReport { drained: 1, cut_off: 1 });
-        drop(still);
+        s.client_left();
         assert_eq!(s.report(), DrainReport { drained: 2, cut_off: 0 });
     }
 }

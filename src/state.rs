@@ -15,7 +15,7 @@ use crate::shutdown::Shutdown;
 #[derive(Debug)]
 pub struct Context {
     /// Per-address and handshake-rate admission.
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
     /// Connections by key and delivery to them.
     pub hub: Arc<Hub>,
     /// The settings new connections use; replaced on reload.

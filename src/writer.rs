@@ -4,6 +4,7 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -43,32 +44,38 @@ impl Closed {
 }
 
 /// One connection's writer.
-pub struct Writer<'a, W> {
-    io: &'a mut W,
+/// It owns what it holds (the metrics are lent to each call): a connection's state lives in its
+/// task with no future around it.
+pub struct Writer<W> {
+    io: W,
     outbox: Outbox,
-    mailbox: &'a Mailbox,
-    control: &'a Control,
-    metrics: &'a Metrics,
+    mailbox: Arc<Mailbox>,
+    control: Arc<Control>,
     /// Everything taken was written: only a push makes it look again.
     waiting: bool,
 }
 
-impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
+impl<W: AsyncWrite + Unpin> Writer<W> {
     /// A writer of `mailbox` to `io` for a client that wants gzip frames or text ones.
-    pub fn new(io: &'a mut W, mailbox: &'a Mailbox, control: &'a Control, metrics: &'a Metrics, gzip: bool) -> Self {
-        Self { io, outbox: Outbox::new(gzip), mailbox, control, metrics, waiting: false }
+    pub fn new(io: W, mailbox: Arc<Mailbox>, control: Arc<Control>, gzip: bool) -> Self {
+        Self { io, outbox: Outbox::new(gzip), mailbox, control, waiting: false }
+    }
+
+    /// The socket it writes to, for the connection's last word (its FIN).
+    pub fn into_io(self) -> W {
+        self.io
     }
 
     /// Delivers until the connection is ended, calls `leave` (out of the registry before the
     /// close handshake: nothing more is queued for us), then sends what the ending calls for.
-    pub async fn run(&mut self, shutdown: &Shutdown, leave: impl FnOnce()) -> Closed {
-        let control = self.control;
+    pub async fn run(&mut self, shutdown: &Shutdown, metrics: &Metrics, leave: impl FnOnce()) -> Closed {
+        let control = self.control.clone();
         let delivered = poll_fn(|cx| match control.poll_ended(cx) {
             Poll::Ready(()) => Poll::Ready(Ok(())),
-            Poll::Pending => self.poll_deliver(cx).map(Err),
+            Poll::Pending => self.poll_deliver(cx, metrics).map(Err),
         })
         .await;
-        self.close_after(delivered, shutdown, leave).await
+        self.close_after(delivered, shutdown, metrics, leave).await
     }
 
     /// The writer's end once delivering stopped (the connection was ended, or `delivered` is
@@ -77,6 +84,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
         &mut self,
         delivered: std::io::Result<()>,
         shutdown: &Shutdown,
+        metrics: &Metrics,
         leave: impl FnOnce(),
     ) -> Closed {
         leave();
@@ -85,13 +93,13 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
             return Closed::Failed(e);
         }
         match self.control.ending() {
-            Some(Ending::Close { code, .. }) => self.close_within(*code, shutdown).await,
+            Some(Ending::Close { code, .. }) => self.close_within(*code, shutdown, metrics).await,
             // The peer closed: the reader's echo of its Close is among the replies.
             Some(Ending::PeerClosed(_)) => {
                 self.outbox.discard_unstarted();
                 self.mailbox.take_started(&mut self.outbox);
                 self.outbox.push_control(&self.mailbox.take_replies());
-                let _ = timeout(CLOSE_GRACE, self.outbox.flush(self.io)).await;
+                let _ = timeout(CLOSE_GRACE, self.outbox.flush(&mut self.io)).await;
                 Closed::Nothing
             }
             _ => Closed::Nothing,
@@ -102,7 +110,7 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
     /// full, ready only with the error a write met. The caller stops polling it once the
     /// connection is ended (a blocked write must not keep a slow client from being cut off);
     /// the outbox keeps its place.
-    pub fn poll_deliver(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+    pub fn poll_deliver(&mut self, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<std::io::Error> {
         loop {
             if self.waiting {
                 // Only a push wakes an idle writer: its own reads do not make it look.
@@ -111,14 +119,14 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
             }
             if self.outbox.is_empty() && !self.mailbox.take(&mut self.outbox, MAX_BATCH) {
                 // A direct write may have left ciphertext the socket did not take (TLS).
-                if let Err(e) = ready!(Pin::new(&mut *self.io).poll_flush(cx)) {
+                if let Err(e) = ready!(Pin::new(&mut self.io).poll_flush(cx)) {
                     return Poll::Ready(e);
                 }
                 self.waiting = true;
                 continue;
             }
-            let flushed = ready!(self.outbox.poll_flush(Pin::new(&mut *self.io), cx));
-            self.count_sent();
+            let flushed = ready!(self.outbox.poll_flush(Pin::new(&mut self.io), cx));
+            self.count_sent(metrics);
             if let Err(e) = flushed {
                 return Poll::Ready(e);
             }
@@ -127,22 +135,22 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
 
     /// Adds what the outbox wrote since the last call to the metrics: two atomic adds per
     /// write, not per frame.
-    fn count_sent(&mut self) {
+    fn count_sent(&mut self, metrics: &Metrics) {
         let (frames, bytes) = self.outbox.take_sent();
-        self.metrics.frames_sent(self.outbox.gzip()).inc_by(frames);
-        self.metrics.bytes_sent.inc_by(bytes);
+        metrics.frames_sent(self.outbox.gzip()).inc_by(frames);
+        metrics.bytes_sent.inc_by(bytes);
     }
 
     /// The close sequence, bounded: a client that does not read cannot hold its task (or its
     /// socket) past the grace; at shutdown the grace is what is left of the drain timeout, so a
     /// backlog can still flush.
-    async fn close_within(&mut self, code: Code, shutdown: &Shutdown) -> Closed {
+    async fn close_within(&mut self, code: Code, shutdown: &Shutdown, metrics: &Metrics) -> Closed {
         let grace = match shutdown.deadline() {
             Some(deadline) if code == Code::GoingAway => deadline.saturating_duration_since(Instant::now()),
             _ => CLOSE_GRACE,
         };
         // Boxed: closing happens once, and inline it would enlarge every idle connection.
-        match timeout(grace, Box::pin(self.close(code))).await {
+        match timeout(grace, Box::pin(self.close(code, metrics))).await {
             Ok(Ok(())) => Closed::Sent,
             Ok(Err(e)) => Closed::Failed(e),
             Err(_) => Closed::TimedOut,
@@ -151,29 +159,28 @@ impl<'a, W: AsyncWrite + Unpin> Writer<'a, W> {
 
     /// Sends what was accepted before the close (unless the queue is the problem), then the
     /// Close frame.
-    async fn close(&mut self, code: Code) -> std::io::Result<()> {
+    async fn close(&mut self, code: Code, metrics: &Metrics) -> std::io::Result<()> {
         if code == Code::TooSlow {
-            self.metrics.slow_consumers.inc();
+            metrics.slow_consumers.inc();
             self.outbox.discard_unstarted();
             self.mailbox.take_started(&mut self.outbox);
         } else {
             // Everything accepted before the close reaches the client first (shutdown, replacement).
             self.mailbox.take_broadcasts(&mut self.outbox);
         }
-        let flushed = self.outbox.flush(self.io).await;
-        self.count_sent();
+        let flushed = self.outbox.flush(&mut self.io).await;
+        self.count_sent(metrics);
         flushed?;
         if let Some(Ending::Close { reason, .. }) = self.control.ending() {
             self.outbox.push_control(&frame::close(code, reason));
         }
-        self.outbox.flush(self.io).await
+        self.outbox.flush(&mut self.io).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -195,12 +202,12 @@ mod tests {
         frames
     }
 
-    fn queued(texts: &[&'static str]) -> Mailbox {
+    fn queued(texts: &[&'static str]) -> Arc<Mailbox> {
         let mailbox = Mailbox::new(16, false, None);
         for t in texts {
             mailbox.push(&Arc::new(Frames::new(Utf8Bytes::from_static(t), 6)));
         }
-        mailbox
+        Arc::new(mailbox)
     }
 
     async fn read_all(mut client: DuplexStream) -> Vec<(u8, Vec<u8>)> {
@@ -223,10 +230,10 @@ mod tests {
     /// whether it left the registry, and the frames the client got.
     async fn ended_mid_batch(ending: Ending) -> (bool, bool, Vec<(u8, Vec<u8>)>) {
         let (client, mut server) = tokio::io::duplex(16);
-        let (control, shutdown) = (Control::default(), Shutdown::default());
+        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
         let metrics = Metrics::new();
         let mailbox = queued(&[A, B]);
-        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, false);
+        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), false);
         let reader = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             read_all(client).await
@@ -236,7 +243,7 @@ mod tests {
             control.end(ending);
         };
         let mut left = false;
-        let (closed, ()) = tokio::join!(writer.run(&shutdown, || left = true), end);
+        let (closed, ()) = tokio::join!(writer.run(&shutdown, &metrics, || left = true), end);
         drop(writer);
         drop(server);
         (closed.sent(), left, reader.await.unwrap())
@@ -253,12 +260,12 @@ mod tests {
     #[tokio::test]
     async fn after_a_replacement_what_was_queued_is_delivered_then_4000() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
-        let (control, shutdown) = (Control::default(), Shutdown::default());
+        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
         let metrics = Metrics::new();
         control.end(Ending::close(Code::Replaced));
         let mailbox = queued(&[A, B]);
-        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, true);
-        assert!(writer.run(&shutdown, || {}).await.sent());
+        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), true);
+        assert!(writer.run(&shutdown, &metrics, || {}).await.sent());
         drop(writer);
         drop(server);
         assert_eq!(
@@ -284,13 +291,13 @@ mod tests {
     async fn a_close_that_cannot_be_written_is_given_up_after_the_grace() {
         // Nobody reads: the pipe fills and the Close can never go out.
         let (_client, mut server) = tokio::io::duplex(16);
-        let (control, shutdown) = (Control::default(), Shutdown::default());
+        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
         let metrics = Metrics::new();
         control.end(Ending::close(Code::TooSlow));
         let mailbox = queued(&[A, B]);
-        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, false);
+        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), false);
         let started = Instant::now();
-        let closed = writer.run(&shutdown, || {}).await;
+        let closed = writer.run(&shutdown, &metrics, || {}).await;
         assert!(matches!(closed, Closed::TimedOut), "no Close went out, no reply to wait for: {closed:?}");
         assert!(started.elapsed() >= CLOSE_GRACE && started.elapsed() < CLOSE_GRACE * 2);
     }
@@ -298,16 +305,16 @@ mod tests {
     #[tokio::test]
     async fn replies_go_out_between_frames() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
-        let (control, shutdown) = (Control::default(), Shutdown::default());
+        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
         let metrics = Metrics::new();
         let mailbox = queued(&[]);
         mailbox.reply(&frame::encode(frame::PONG, b"p"), false);
-        let mut writer = Writer::new(&mut server, &mailbox, &control, &metrics, false);
+        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), false);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             control.end(Ending::Dead("test over"));
         };
-        let (closed, ()) = tokio::join!(writer.run(&shutdown, || {}), stop);
+        let (closed, ()) = tokio::join!(writer.run(&shutdown, &metrics, || {}), stop);
         assert!(matches!(closed, Closed::Nothing), "a dead connection sends no Close: {closed:?}");
         drop(writer);
         drop(server);

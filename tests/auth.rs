@@ -224,6 +224,19 @@ impl AuthDaemon {
         }
     }
 
+    /// A counter's value once it reaches `want`, or its last value after the wait: a refused
+    /// handshake is counted once its refusal is written, so the client may read it first.
+    async fn counter_reaching(&self, line: &str, want: u64) -> u64 {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let got = self.metric(line).await;
+            if got == want || std::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the daemon and searches every log line it wrote for the tokens it was shown.
     async fn finish(self) {
         self.proc.signal("-TERM");
@@ -366,7 +379,7 @@ async fn a_table_of_tokens_against_the_real_daemon() {
     let (got, body) = d.attempt("alice", None, false).await;
     assert_eq!((got, body.starts_with("missing token")), (401, true), "{body}");
     refused += 1;
-    let rejected = d.metric("wscast_handshakes_rejected_total{reason=\"token\"}").await;
+    let rejected = d.counter_reaching("wscast_handshakes_rejected_total{reason=\"token\"}", refused as u64).await;
     assert_eq!(rejected, refused as u64, "every 401 is counted");
     assert_eq!(d.metric("wscast_tokens_rejected_total{reason=\"expired\"}").await, 1);
     assert_eq!(d.metric("wscast_tokens_rejected_total{reason=\"bad_signature\"}").await, 3);
