@@ -238,16 +238,16 @@ impl Conn {
         let tls = settings.tls.is_some();
         let books = Books::new(ctx.clone(), tls);
         let info = ClientInfo { peer, tls, gzip, connected_at: std::time::SystemTime::now(), expires };
-        let Joined { member, mailbox, control } = ctx.hub.join(key, info, settings.send_queue, Some(stream.clone()));
+        let Joined { member, mailbox } = ctx.hub.join(key, info, settings.send_queue, Some(stream.clone()));
         if ctx.shutdown.is_closing() {
-            control.end(Ending::close(Code::GoingAway));
+            mailbox.control().end(Ending::close(Code::GoingAway));
         }
         debug!(%peer, key = member.key(), gzip, "connected");
         let reader = Reader::new(stream.clone(), &tail, settings.max_message_size, mailbox.clone());
-        let writer = Writer::new(stream, mailbox, control.clone(), gzip);
+        let writer = Writer::new(stream, mailbox, gzip);
         let budget = settings.message_rate.map(|(_, burst)| TokenBucket::full(burst, Instant::now()));
         let accepting = Some(ctx.shutdown.reader_guard());
-        let reading = Reading { reader, accepting, budget, ctx, control, settings };
+        let reading = Reading { reader, accepting, budget, ctx, settings };
         Conn { reading, writer, member, peer, _books: books, _slot: slot }
     }
 
@@ -261,7 +261,7 @@ impl Conn {
     fn poll_steady(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Stop> {
         let who = Who { peer: self.peer, key: self.member.key() };
         let reading = &mut self.reading;
-        if reading.control.poll_ended(cx).is_ready() {
+        if reading.control().poll_ended(cx).is_ready() {
             return Poll::Ready(Stop::Ended);
         }
         if reading.accepting.is_some() && reading.ctx.shutdown.reading_has_stopped() {
@@ -272,7 +272,7 @@ impl Conn {
                 return Poll::Ready(Stop::Read(ending));
             }
         }
-        if reading.control.ending().is_some() {
+        if reading.control().ending().is_some() {
             return Poll::Ready(Stop::Ended);
         }
         self.writer.poll_deliver(cx, &reading.ctx.metrics).map(Stop::WriteFailed)
@@ -282,7 +282,7 @@ impl Conn {
     /// protocol error, the linger.
     async fn finish(mut self, stop: Stop) {
         let (read_end, closed) = self.close(stop).await;
-        let ending = self.reading.control.ending();
+        let ending = self.reading.control().ending();
         log_ending(self.who(), &closed, ending);
         // The code the server sent, else the one the client sent, else none (a vanished peer).
         self.reading.ctx.metrics.disconnected(match ending {
@@ -309,18 +309,18 @@ impl Conn {
         let leave = || member.leave();
         match stop {
             Stop::Read(end) => {
-                reading.control.end(end);
+                reading.control().end(end);
                 (true, writer.close_after(Ok(()), &ctx.shutdown, &ctx.metrics, leave).await)
             }
             Stop::WriteFailed(e) => (false, writer.close_after(Err(e), &ctx.shutdown, &ctx.metrics, leave).await),
             Stop::Ended => {
-                let control = reading.control.clone();
+                let mailbox = reading.reader.mailbox().clone();
                 let rest = reading.read_rest(who);
                 let writing = writer.close_after(Ok(()), &ctx.shutdown, &ctx.metrics, leave);
                 tokio::pin!(rest, writing);
                 tokio::select! {
                     end = &mut rest => {
-                        control.end(end);
+                        mailbox.control().end(end);
                         (true, writing.await)
                     }
                     closed = &mut writing => {
@@ -345,11 +345,15 @@ struct Reading {
     /// `websocket.max_messages_per_second`, when set.
     budget: Option<TokenBucket>,
     ctx: Arc<Context>,
-    control: Arc<Control>,
     settings: Arc<Settings>,
 }
 
 impl Reading {
+    /// How the connection ends (kept in its mailbox).
+    fn control(&self) -> &Control {
+        self.reader.mailbox().control()
+    }
+
     /// What a frame (or the end of reading) means: a message is published; an error is the
     /// connection's ending.
     fn handle(&mut self, next: Result<Incoming, ReadEnd>, who: Who) -> Result<(), Ending> {
@@ -367,7 +371,7 @@ impl Reading {
         if over_rate(self.budget.as_mut(), self.settings.message_rate) {
             return Err(close_with(Code::Policy, &"message rate limit exceeded"));
         }
-        publish(text, self.accepting.is_some(), &self.control, &self.ctx, &who);
+        publish(text, self.accepting.is_some(), self.reader.mailbox().control(), &self.ctx, &who);
         Ok(())
     }
 
@@ -477,4 +481,17 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
         std::io::Result::Ok(())
     })
     .await;
+}
+#[cfg(test)]
+mod sizes_tmp {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        println!("Conn {} Reading {} Reader {} Parser {} Writer {} Outbox {} Member {} Books {} Slot {} Socket {} Mailbox {} Control {} Client {} ClientInfo {} Wakeup {} Ending {} ReadEnd {} TokenBucket {} Settings? Incoming {}",
+            size_of::<super::Conn>(), size_of::<super::Reading>(), size_of::<crate::reader::Reader<crate::duplex::Socket>>(),
+            size_of::<crate::reader::Parser>(), size_of::<crate::writer::Writer<crate::duplex::Socket>>(), size_of::<crate::frame::Outbox>(),
+            size_of::<crate::hub::Member>(), size_of::<super::Books>(), size_of::<crate::admission::Slot>(), size_of::<crate::duplex::Socket>(),
+            size_of::<crate::mailbox::Mailbox>(), size_of::<crate::ending::Control>(), size_of::<crate::registry::Client>(), size_of::<crate::registry::ClientInfo>(),
+            size_of::<crate::wakeup::Wakeup>(), size_of::<crate::ending::Ending>(), size_of::<crate::reader::ReadEnd>(), size_of::<crate::rate::TokenBucket>(), size_of::<crate::reader::Incoming>());
+    }
 }

@@ -137,7 +137,8 @@ impl Ending {
 }
 
 /// The shared end-of-life switch of one connection: the hub, the shutdown and the connection's
-/// own reader all end it through here.
+/// own reader all end it through here. It lives in the connection's mailbox, and its wakeup is
+/// the one the mailbox's pushes use too: one allocation and one waker per connection.
 #[derive(Debug, Default)]
 pub struct Control {
     ending: OnceLock<Ending>,
@@ -164,6 +165,11 @@ impl Control {
     /// without ending it.
     pub fn nudge(&self) {
         self.wakeup.nudge();
+    }
+
+    /// The connection's wakeup, which the mailbox shares.
+    pub fn wakeup(&self) -> &Wakeup {
+        &self.wakeup
     }
 
     /// Resolves once an ending is set.

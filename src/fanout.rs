@@ -82,7 +82,7 @@ fn to_one(client: &Client, frames: &Arc<Frames>, dirty: &mut Vec<Arc<Mailbox>>) 
         Push::Taken => true,
         Push::Full => {
             // The connection logs this itself, naming its peer and key.
-            client.control.end(Ending::close(Code::TooSlow));
+            client.mailbox.control().end(Ending::close(Code::TooSlow));
             false
         }
     }

@@ -149,10 +149,9 @@ pub struct Outbox {
     pub batch: Vec<Arc<Frames>>,
     /// Bytes of `batch[0]` already written.
     written: usize,
-    /// Control frames waiting for the next frame boundary; empty (unallocated) when idle.
+    /// Control frames waiting for the next frame boundary, less what was written of them;
+    /// empty (unallocated) when idle.
     control: Vec<u8>,
-    /// Bytes of `control` already written.
-    control_written: usize,
     gzip: bool,
     /// Broadcast frames and bytes written since the last [`Outbox::take_sent`].
     sent: (u64, u64),
@@ -161,7 +160,7 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox for a client that wants gzip (Binary) frames or text ones.
     pub fn new(gzip: bool) -> Self {
-        Self { batch: Vec::new(), written: 0, control: Vec::new(), control_written: 0, gzip, sent: (0, 0) }
+        Self { batch: Vec::new(), written: 0, control: Vec::new(), gzip, sent: (0, 0) }
     }
 
     /// Queues control frames (already encoded) for the next frame boundary.
@@ -207,15 +206,17 @@ impl Outbox {
     /// [`flush`](Self::flush) by hand: ready once everything queued is written and flushed.
     pub fn poll_flush<W: AsyncWrite>(&mut self, mut io: Pin<&mut W>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let control_pending = self.control_written < self.control.len();
+            let control_pending = !self.control.is_empty();
             if control_pending && self.written == 0 {
-                let n = nonzero(ready!(io.as_mut().poll_write(cx, &self.control[self.control_written..]))?)?;
-                self.control_written += n;
+                let n = nonzero(ready!(io.as_mut().poll_write(cx, &self.control))?)?;
                 self.sent.1 += n as u64;
-                if self.control_written == self.control.len() {
+                if n == self.control.len() {
                     // Released: control frames are rare, an idle connection holds no buffer.
                     self.control = Vec::new();
-                    self.control_written = 0;
+                } else {
+                    // A few bytes at most (the mailbox caps them): moving them costs less than
+                    // an offset every connection would keep.
+                    self.control.drain(..n);
                 }
                 continue;
             }

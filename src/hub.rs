@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::cluster::Link;
-use crate::ending::{Code, Control, Ending};
+use crate::ending::{Code, Ending};
 use crate::fanout;
 use crate::flusher::Flusher;
 use crate::frame::Frames;
@@ -56,10 +56,8 @@ pub enum Location {
 pub struct Joined {
     /// Its place in the registry.
     pub member: Member,
-    /// The messages (and control replies) to deliver to it.
+    /// The messages (and control replies) to deliver to it, and how it is ended.
     pub mailbox: Arc<Mailbox>,
-    /// How it is ended.
-    pub control: Arc<Control>,
 }
 
 /// A connection's registration. It leaves on [`Member::leave`] or on drop, and removes only
@@ -139,12 +137,11 @@ impl Hub {
         socket: Option<crate::duplex::Socket>,
     ) -> Joined {
         let mailbox = Arc::new(Mailbox::new(queue_len, info.gzip, socket));
-        let control = Arc::new(Control::default());
         let id = self.registry.next_id();
         let generation = Default::default();
         self.registry.register(
             key.clone(),
-            Client { id, gzip: info.gzip, info, mailbox: mailbox.clone(), control: control.clone(), generation },
+            Client { id, info, mailbox: mailbox.clone(), generation },
         );
         // After the registration: a sweep that reset the minimum either sees this entry or this.
         if info.expires != 0 {
@@ -153,7 +150,7 @@ impl Hub {
         if let Some(link) = &self.link {
             link.claim(key.clone(), id);
         }
-        Joined { member: Member { hub: self.clone(), key, id, left: AtomicBool::new(false) }, mailbox, control }
+        Joined { member: Member { hub: self.clone(), key, id, left: AtomicBool::new(false) }, mailbox }
     }
 
     /// A message accepted here: delivered to every local connection (sender included), then
@@ -219,7 +216,7 @@ impl Hub {
             if client.id == id {
                 client.generation.store(generation, Ordering::Relaxed);
                 if seen > generation {
-                    client.control.end(Ending::close(Code::Replaced));
+                    client.mailbox.control().end(Ending::close(Code::Replaced));
                 }
             }
         });
@@ -235,7 +232,7 @@ impl Hub {
         let held = self.registry.with(key, |client| {
             let mine = client.generation.load(Ordering::Relaxed);
             if mine != 0 && mine < generation {
-                client.control.end(Ending::close(Code::Replaced));
+                client.mailbox.control().end(Ending::close(Code::Replaced));
             }
             mine
         });
@@ -269,7 +266,7 @@ impl Hub {
     pub fn replaced(&self, key: &str, id: u64) {
         self.registry.with(key, |c| {
             if c.id == id {
-                c.control.end(Ending::close(Code::Replaced));
+                c.mailbox.control().end(Ending::close(Code::Replaced));
             }
         });
     }
@@ -293,7 +290,7 @@ impl Hub {
 
     /// Closes the connection holding `key` with `code` and `reason`; false when none does.
     pub fn kick(&self, key: &str, code: Code, reason: &str) -> bool {
-        self.registry.with(key, |client| client.control.end(Ending::close_because(code, reason))).unwrap_or(false)
+        self.registry.with(key, |client| client.mailbox.control().end(Ending::close_because(code, reason))).unwrap_or(false)
     }
 
     /// Calls `f` with the key, the info and the queue depth (messages waiting) of every local
@@ -302,17 +299,18 @@ impl Hub {
         self.registry.for_each_keyed(|key, c| f(key, &c.info, c.mailbox.len()));
     }
 
-    /// The end switches of every registered connection, for a drain that closes them over time.
-    pub fn controls(&self) -> Vec<Arc<Control>> {
-        let mut controls = Vec::with_capacity(self.registry.len());
-        self.registry.for_each(|client| controls.push(client.control.clone()));
-        controls
+    /// The mailboxes (and so the end switches) of every registered connection, for a drain that
+    /// closes them over time.
+    pub fn mailboxes(&self) -> Vec<Arc<Mailbox>> {
+        let mut mailboxes = Vec::with_capacity(self.registry.len());
+        self.registry.for_each(|client| mailboxes.push(client.mailbox.clone()));
+        mailboxes
     }
 
     /// Ends every registered connection with `ending` (the drain's 1001).
     pub fn close_all(&self, ending: &Ending) {
         self.registry.for_each(|client| {
-            client.control.end(ending.clone());
+            client.mailbox.control().end(ending.clone());
         });
     }
 
@@ -327,7 +325,7 @@ impl Hub {
         let (mut closed, mut next) = (0, u64::MAX);
         self.registry.for_each(|client| match u64::from(client.info.expires) {
             0 => {}
-            exp if exp <= now => closed += usize::from(client.control.end(Ending::close(Code::TokenExpired))),
+            exp if exp <= now => closed += usize::from(client.mailbox.control().end(Ending::close(Code::TokenExpired))),
             exp => next = next.min(exp),
         });
         self.next_expiry.fetch_min(next, Ordering::Relaxed);
@@ -341,7 +339,7 @@ impl Hub {
         let mut ended = 0;
         self.registry.for_each(|client| {
             if !client.mailbox.beat(now, ping_interval, idle_timeout) {
-                ended += usize::from(client.control.end(Ending::Dead("idle timeout")));
+                ended += usize::from(client.mailbox.control().end(Ending::Dead("idle timeout")));
             }
         });
         ended
@@ -350,7 +348,7 @@ impl Hub {
     /// Wakes every registered connection to see that reading stopped (the drain), so each lets
     /// go of its reader guard at once, however idle.
     pub fn wake_all(&self) {
-        self.registry.for_each(|client| client.control.nudge());
+        self.registry.for_each(|client| client.mailbox.control().nudge());
     }
 
     /// Registered connections.
@@ -411,15 +409,15 @@ mod tests {
         let never = hub.join("never".into(), info(false), 4, None);
         assert_eq!(hub.expire(99), 0);
         assert_eq!(hub.expire(100), 1, "at exp, not after it");
-        assert_eq!(soon.control.ending().and_then(Ending::code), Some(Code::TokenExpired));
-        assert_eq!(later.control.ending(), None);
+        assert_eq!(soon.mailbox.control().ending().and_then(Ending::code), Some(Code::TokenExpired));
+        assert_eq!(later.mailbox.control().ending(), None);
         assert_eq!(hub.next_expiry.load(Ordering::Relaxed), 200, "the next walk waits for the next exp");
         assert_eq!(hub.expire(150), 0);
         let sooner = hub.join("sooner".into(), with_exp(120), 4, None);
         assert_eq!(hub.expire(120), 1, "a join lowers the next walk's time");
-        assert_eq!(sooner.control.ending().and_then(Ending::code), Some(Code::TokenExpired));
+        assert_eq!(sooner.mailbox.control().ending().and_then(Ending::code), Some(Code::TokenExpired));
         assert_eq!(hub.expire(1000), 1);
-        assert_eq!(never.control.ending(), None, "no token, no expiry");
+        assert_eq!(never.mailbox.control().ending(), None, "no token, no expiry");
         assert_eq!(hub.next_expiry.load(Ordering::Relaxed), u64::MAX);
     }
 
@@ -440,11 +438,11 @@ mod tests {
         // A frame from the client moves its silence forward.
         chatty.mailbox.seen_at(start + 200);
         assert_eq!(hub.heartbeat(start + 250, ping, idle), 1);
-        assert_eq!(quiet.control.ending(), Some(&Ending::Dead("idle timeout")));
-        assert_eq!(chatty.control.ending(), None);
+        assert_eq!(quiet.mailbox.control().ending(), Some(&Ending::Dead("idle timeout")));
+        assert_eq!(chatty.mailbox.control().ending(), None);
         assert_eq!(hub.heartbeat(start + 449, ping, idle), 0, "each ended once");
         assert_eq!(hub.heartbeat(start + 450, ping, idle), 1);
-        assert_eq!(chatty.control.ending(), Some(&Ending::Dead("idle timeout")));
+        assert_eq!(chatty.mailbox.control().ending(), Some(&Ending::Dead("idle timeout")));
     }
 
     #[test]
@@ -452,7 +450,7 @@ mod tests {
         let hub = hub();
         let first = hub.join("k".into(), info(false), 4, None);
         let second = hub.join("k".into(), info(true), 4, None);
-        assert_eq!(first.control.ending().and_then(Ending::code), Some(Code::Replaced));
+        assert_eq!(first.mailbox.control().ending().and_then(Ending::code), Some(Code::Replaced));
         drop(first);
         assert_eq!(hub.len(), 1, "the replaced member's drop left the successor in place");
         drop(second);
@@ -485,7 +483,7 @@ mod tests {
         let slow = hub.join("slow".into(), info(false), 1, None);
         assert_eq!(hub.publish(text("one")), 1);
         assert_eq!(hub.publish(text("two")), 0);
-        assert_eq!(slow.control.ending().and_then(Ending::code), Some(Code::TooSlow));
+        assert_eq!(slow.mailbox.control().ending().and_then(Ending::code), Some(Code::TooSlow));
     }
 
     fn clustered() -> Arc<Hub> {
@@ -504,18 +502,18 @@ mod tests {
         // A remote claim overtakes the reply to ours: kept, and it wins when the reply comes.
         let a = hub.join("a".into(), info(false), 4, None);
         hub.claim_seen("a", 7);
-        assert_eq!(a.control.ending(), None);
+        assert_eq!(a.mailbox.control().ending(), None);
         hub.claimed("a", id_of(&hub, "a"), 5);
-        assert_eq!(a.control.ending().and_then(Ending::code), Some(Code::Replaced));
+        assert_eq!(a.mailbox.control().ending().and_then(Ending::code), Some(Code::Replaced));
         // A lower remote claim, before or after our reply, changes nothing.
         let b = hub.join("b".into(), info(false), 4, None);
         hub.claim_seen("b", 3);
         hub.claimed("b", id_of(&hub, "b"), 9);
         hub.claim_seen("b", 8);
-        assert_eq!(b.control.ending(), None);
+        assert_eq!(b.mailbox.control().ending(), None);
         // A higher one after the reply closes at once.
         hub.claim_seen("b", 10);
-        assert_eq!(b.control.ending().and_then(Ending::code), Some(Code::Replaced));
+        assert_eq!(b.mailbox.control().ending().and_then(Ending::code), Some(Code::Replaced));
         // A claim for a key nobody holds here is not kept.
         hub.claim_seen("nobody", 4);
         assert!(!hub.pending.contains_key("nobody"));
@@ -542,9 +540,9 @@ mod tests {
         let b = hub.join("b".into(), info(false), 4, None);
         assert!(hub.kick("a", Code::Kicked, "bye"));
         assert!(!hub.kick("nobody", Code::Kicked, "bye"));
-        assert_eq!(a.control.ending(), Some(&Ending::close_because(Code::Kicked, "bye")));
+        assert_eq!(a.mailbox.control().ending(), Some(&Ending::close_because(Code::Kicked, "bye")));
         hub.close_all(&Ending::close(Code::GoingAway));
-        assert_eq!(b.control.ending().and_then(Ending::code), Some(Code::GoingAway));
-        assert_eq!(a.control.ending().and_then(Ending::code), Some(Code::Kicked), "the first ending stays");
+        assert_eq!(b.mailbox.control().ending().and_then(Ending::code), Some(Code::GoingAway));
+        assert_eq!(a.mailbox.control().ending().and_then(Ending::code), Some(Code::Kicked), "the first ending stays");
     }
 }

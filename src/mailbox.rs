@@ -1,6 +1,7 @@
 //! A connection's mailbox: the bounded queue of broadcasts the hub hands it, and the control
 //! frames its reader owes the peer (pongs, pings, the echo of a Close), under one lock with one
-//! wakeup for the writer.
+//! wakeup for the writer; and the connection's end switch ([`Control`]), which shares that wakeup.
+//! It is the one allocation a connection shares with the hub.
 //!
 //! It also keeps the connection's heartbeat (when the client last sent a frame, when it was
 //! last pinged), which one sweep over the registry reads for every connection: no timer per
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::duplex::Socket;
+use crate::ending::Control;
 use crate::frame::{self, Frames, Outbox};
 use crate::wakeup::Wakeup;
 
@@ -97,8 +99,9 @@ pub struct Flushed {
 #[derive(Debug)]
 pub struct Mailbox {
     inner: Mutex<Inner>,
-    /// Wakes the writer; a notification keeps a permit when it is not waiting.
-    ready: Wakeup,
+    /// How the connection ends; its wakeup wakes the writer too (a notification keeps a permit
+    /// when it is not waiting).
+    control: Control,
     capacity: usize,
     /// Gzip frames for this client, or text.
     gzip: bool,
@@ -126,7 +129,16 @@ impl Mailbox {
     pub fn new(capacity: usize, gzip: bool, socket: Option<Socket>) -> Self {
         let now = now_ms();
         let (seen, pinged) = (now.into(), now.into());
-        Self { inner: Mutex::default(), ready: Wakeup::default(), capacity, gzip, socket, seen, pinged }
+        Self { inner: Mutex::default(), control: Control::default(), capacity, gzip, socket, seen, pinged }
+    }
+
+    /// How the connection ends.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    fn ready(&self) -> &Wakeup {
+        self.control.wakeup()
     }
 
     /// The client sent a frame: it is alive.
@@ -176,7 +188,7 @@ impl Mailbox {
         drop(inner);
         // A writer that has not emptied the queue takes this one without being woken.
         if was_empty {
-            self.ready.notify();
+            self.ready().notify();
         }
         Push::Taken
     }
@@ -211,7 +223,7 @@ impl Mailbox {
         }
         drop(inner);
         if left {
-            self.ready.notify();
+            self.ready().notify();
         }
     }
 
@@ -222,7 +234,7 @@ impl Mailbox {
         add_bounded(&mut inner.replies, frames);
         inner.closing |= closing;
         drop(inner);
-        self.ready.notify();
+        self.ready().notify();
     }
 
     /// Queues the heartbeat's Ping, unless control frames are still waiting: a writer that has
@@ -235,7 +247,7 @@ impl Mailbox {
         }
         inner.replies.extend_from_slice(&frame::PING_FRAME);
         drop(inner);
-        self.ready.notify();
+        self.ready().notify();
     }
 
     /// Broadcasts waiting.
@@ -306,13 +318,7 @@ impl Mailbox {
     /// Ready when something was pushed since the last time it was ready (or spuriously); until
     /// then the task is woken by the next push.
     pub fn poll_pushed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.ready.poll(cx)
-    }
-
-    /// Wakes the writer's task to look again at what it waits for (the drain's stop of reading),
-    /// with nothing pushed.
-    pub fn nudge(&self) {
-        self.ready.nudge();
+        self.ready().poll(cx)
     }
 }
 

@@ -86,10 +86,12 @@ struct Header {
 /// The client frame parser of one connection.
 #[derive(Debug)]
 pub struct Parser {
-    max: usize,
     /// The bytes of a frame that a read cut off; empty (and unallocated) between frames.
     partial: Vec<u8>,
-    message: Option<Fragmented>,
+    /// Boxed: rare, and every idle connection would carry its size inline.
+    message: Option<Box<Fragmented>>,
+    /// 32 bits: the configuration caps messages far below 4 GiB.
+    max: u32,
     /// A Close arrived: whatever follows it is ignored.
     closed: bool,
 }
@@ -97,7 +99,7 @@ pub struct Parser {
 impl Parser {
     /// A parser for messages of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { max, partial: Vec::new(), message: None, closed: false }
+        Self { max: u32::try_from(max).unwrap_or(u32::MAX), partial: Vec::new(), message: None, closed: false }
     }
 
     /// Parses `bytes`, handing every complete message or control frame to `on`. After an
@@ -188,7 +190,7 @@ impl Parser {
             return Err(FrameError::Protocol("frame length with its top bit set"));
         }
         let so_far = self.message.as_ref().map_or(0, |m| m.data.len() as u64);
-        if opcode < frame::CLOSE && so_far + payload > self.max as u64 {
+        if opcode < frame::CLOSE && so_far + payload > u64::from(self.max) {
             return Err(FrameError::TooBig);
         }
         let Some(mask) = buf.get(at..at + 4) else { return Ok(None) };
@@ -231,7 +233,7 @@ impl Parser {
             (opcode, None) => {
                 let (text, data) = (opcode == frame::TEXT, unmasked());
                 let checked = if text { check_utf8(&data, 0)? } else { 0 };
-                self.message = Some(Fragmented { text, data, checked });
+                self.message = Some(Box::new(Fragmented { text, data, checked }));
                 Ok(None)
             }
         }
@@ -339,7 +341,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// The mailbox its replies go to.
-    pub fn mailbox(&self) -> &Mailbox {
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
         &self.replies
     }
 

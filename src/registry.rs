@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::ending::{Code, Control, Ending};
+use crate::ending::{Code, Ending};
 use crate::mailbox::Mailbox;
 
 /// What the admin API shows of a connection.
@@ -32,14 +32,10 @@ pub struct ClientInfo {
 pub struct Client {
     /// Unique per connection for the daemon's lifetime.
     pub id: u64,
-    /// Wants gzip Binary frames.
-    pub gzip: bool,
     /// Where it comes from and since when.
     pub info: ClientInfo,
-    /// The connection's bounded send queue (and its control replies).
+    /// The connection's bounded send queue (and its control replies), and how to end it.
     pub mailbox: Arc<Mailbox>,
-    /// How to end it.
-    pub control: Arc<Control>,
     /// Its cluster-wide generation (0 until Redis gave it one, or without a cluster).
     pub generation: AtomicU64,
 }
@@ -74,13 +70,13 @@ impl Registry {
 
     /// Registers `client` under `key`; a connection already there is told to close with 4000.
     pub fn register(&self, key: Box<str>, client: Client) {
-        let gzip = client.gzip;
+        let gzip = client.info.gzip;
         match self.clients.insert(key, client) {
             Some(old) => {
-                if old.gzip {
+                if old.info.gzip {
                     self.gzip_count.fetch_sub(1, Ordering::Relaxed);
                 }
-                old.control.end(Ending::close(Code::Replaced));
+                old.mailbox.control().end(Ending::close(Code::Replaced));
             }
             None => {
                 self.count.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +92,7 @@ impl Registry {
     pub fn unregister(&self, key: &str, id: u64) -> Option<u64> {
         let (_, c) = self.clients.remove_if(key, |_, c| c.id == id)?;
         self.count.fetch_sub(1, Ordering::Relaxed);
-        if c.gzip {
+        if c.info.gzip {
             self.gzip_count.fetch_sub(1, Ordering::Relaxed);
         }
         Some(c.generation.load(Ordering::Relaxed))
@@ -142,9 +138,8 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn client(reg: &Registry, gzip: bool) -> (Client, Arc<Control>) {
+    fn client(reg: &Registry, gzip: bool) -> (Client, Arc<Mailbox>) {
         let mailbox = Arc::new(Mailbox::new(1, false, None));
-        let control = Arc::new(Control::default());
         let info = ClientInfo {
             peer: "127.0.0.1:1".parse().unwrap(),
             tls: false,
@@ -153,7 +148,7 @@ mod tests {
             expires: 0,
         };
         let generation = AtomicU64::new(0);
-        (Client { id: reg.next_id(), gzip, info, mailbox, control: control.clone(), generation }, control)
+        (Client { id: reg.next_id(), info, mailbox: mailbox.clone(), generation }, mailbox)
     }
 
     #[test]
@@ -166,8 +161,8 @@ mod tests {
         let (b, b_ctl) = client(&reg, false);
         let b_id = b.id;
         reg.register("k".into(), b);
-        assert_eq!(a_ctl.ending().and_then(Ending::code), Some(Code::Replaced));
-        assert_eq!(b_ctl.ending(), None);
+        assert_eq!(a_ctl.control().ending().and_then(Ending::code), Some(Code::Replaced));
+        assert_eq!(b_ctl.control().ending(), None);
         assert_eq!((reg.len(), reg.gzip_len()), (1, 0));
         assert!(reg.unregister("k", a_id).is_none(), "the late removal of the old must not remove the new");
         assert_eq!(reg.len(), 1);

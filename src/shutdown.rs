@@ -139,17 +139,17 @@ async fn close_spread(hub: &Hub, spread: Duration) {
     if spread.is_zero() {
         return hub.close_all(&ending);
     }
-    let mut controls = hub.controls();
-    fastrand::shuffle(&mut controls);
+    let mut mailboxes = hub.mailboxes();
+    fastrand::shuffle(&mut mailboxes);
     let batches = (spread.as_millis() / SPREAD_BATCH_EVERY.as_millis()).max(1) as usize;
-    let per_batch = controls.len().div_ceil(batches).max(1);
-    let chunks = controls.len().div_ceil(per_batch).max(1);
+    let per_batch = mailboxes.len().div_ceil(batches).max(1);
+    let chunks = mailboxes.len().div_ceil(per_batch).max(1);
     let slice = spread / chunks as u32;
     let start = Instant::now();
-    for (i, chunk) in controls.chunks(per_batch).enumerate() {
+    for (i, chunk) in mailboxes.chunks(per_batch).enumerate() {
         tokio::time::sleep_until(start + slice * i as u32 + slice.mul_f64(fastrand::f64())).await;
-        for control in chunk {
-            control.end(ending.clone());
+        for mailbox in chunk {
+            mailbox.control().end(ending.clone());
         }
     }
 }

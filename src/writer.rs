@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::time::{timeout, Instant};
 
-use crate::ending::{Code, Control, Ending};
+use crate::ending::{Code, Ending};
 use crate::frame::{self, Outbox};
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
@@ -49,16 +49,16 @@ impl Closed {
 pub struct Writer<W> {
     io: W,
     outbox: Outbox,
+    /// What it delivers, and how the connection ends.
     mailbox: Arc<Mailbox>,
-    control: Arc<Control>,
     /// Everything taken was written: only a push makes it look again.
     waiting: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
     /// A writer of `mailbox` to `io` for a client that wants gzip frames or text ones.
-    pub fn new(io: W, mailbox: Arc<Mailbox>, control: Arc<Control>, gzip: bool) -> Self {
-        Self { io, outbox: Outbox::new(gzip), mailbox, control, waiting: false }
+    pub fn new(io: W, mailbox: Arc<Mailbox>, gzip: bool) -> Self {
+        Self { io, outbox: Outbox::new(gzip), mailbox, waiting: false }
     }
 
     /// The socket it writes to, for the connection's last word (its FIN).
@@ -69,8 +69,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Delivers until the connection is ended, calls `leave` (out of the registry before the
     /// close handshake: nothing more is queued for us), then sends what the ending calls for.
     pub async fn run(&mut self, shutdown: &Shutdown, metrics: &Metrics, leave: impl FnOnce()) -> Closed {
-        let control = self.control.clone();
-        let delivered = poll_fn(|cx| match control.poll_ended(cx) {
+        let mailbox = self.mailbox.clone();
+        let delivered = poll_fn(|cx| match mailbox.control().poll_ended(cx) {
             Poll::Ready(()) => Poll::Ready(Ok(())),
             Poll::Pending => self.poll_deliver(cx, metrics).map(Err),
         })
@@ -89,10 +89,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     ) -> Closed {
         leave();
         if let Err(e) = delivered {
-            self.control.end(Ending::Dead("write failed"));
+            self.mailbox.control().end(Ending::Dead("write failed"));
             return Closed::Failed(e);
         }
-        match self.control.ending() {
+        match self.mailbox.control().ending() {
             Some(Ending::Close { code, .. }) => self.close_within(*code, shutdown, metrics).await,
             // The peer closed: the reader's echo of its Close is among the replies.
             Some(Ending::PeerClosed(_)) => {
@@ -171,7 +171,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let flushed = self.outbox.flush(&mut self.io).await;
         self.count_sent(metrics);
         flushed?;
-        if let Some(Ending::Close { reason, .. }) = self.control.ending() {
+        if let Some(Ending::Close { reason, .. }) = self.mailbox.control().ending() {
             self.outbox.push_control(&frame::close(code, reason));
         }
         self.outbox.flush(&mut self.io).await
@@ -230,17 +230,17 @@ mod tests {
     /// whether it left the registry, and the frames the client got.
     async fn ended_mid_batch(ending: Ending) -> (bool, bool, Vec<(u8, Vec<u8>)>) {
         let (client, mut server) = tokio::io::duplex(16);
-        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
+        let shutdown = Shutdown::default();
         let metrics = Metrics::new();
         let mailbox = queued(&[A, B]);
-        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), false);
+        let mut writer = Writer::new(&mut server, mailbox.clone(), false);
         let reader = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             read_all(client).await
         });
         let end = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            control.end(ending);
+            mailbox.control().end(ending);
         };
         let mut left = false;
         let (closed, ()) = tokio::join!(writer.run(&shutdown, &metrics, || left = true), end);
@@ -260,11 +260,11 @@ mod tests {
     #[tokio::test]
     async fn after_a_replacement_what_was_queued_is_delivered_then_4000() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
-        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
+        let shutdown = Shutdown::default();
         let metrics = Metrics::new();
-        control.end(Ending::close(Code::Replaced));
         let mailbox = queued(&[A, B]);
-        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), true);
+        mailbox.control().end(Ending::close(Code::Replaced));
+        let mut writer = Writer::new(&mut server, mailbox.clone(), true);
         assert!(writer.run(&shutdown, &metrics, || {}).await.sent());
         drop(writer);
         drop(server);
@@ -291,11 +291,11 @@ mod tests {
     async fn a_close_that_cannot_be_written_is_given_up_after_the_grace() {
         // Nobody reads: the pipe fills and the Close can never go out.
         let (_client, mut server) = tokio::io::duplex(16);
-        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
+        let shutdown = Shutdown::default();
         let metrics = Metrics::new();
-        control.end(Ending::close(Code::TooSlow));
         let mailbox = queued(&[A, B]);
-        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), false);
+        mailbox.control().end(Ending::close(Code::TooSlow));
+        let mut writer = Writer::new(&mut server, mailbox.clone(), false);
         let started = Instant::now();
         let closed = writer.run(&shutdown, &metrics, || {}).await;
         assert!(matches!(closed, Closed::TimedOut), "no Close went out, no reply to wait for: {closed:?}");
@@ -305,14 +305,14 @@ mod tests {
     #[tokio::test]
     async fn replies_go_out_between_frames() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
-        let (control, shutdown) = (Arc::new(Control::default()), Shutdown::default());
+        let shutdown = Shutdown::default();
         let metrics = Metrics::new();
         let mailbox = queued(&[]);
         mailbox.reply(&frame::encode(frame::PONG, b"p"), false);
-        let mut writer = Writer::new(&mut server, mailbox.clone(), control.clone(), false);
+        let mut writer = Writer::new(&mut server, mailbox.clone(), false);
         let stop = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
-            control.end(Ending::Dead("test over"));
+            mailbox.control().end(Ending::Dead("test over"));
         };
         let (closed, ()) = tokio::join!(writer.run(&shutdown, &metrics, || {}), stop);
         assert!(matches!(closed, Closed::Nothing), "a dead connection sends no Close: {closed:?}");
