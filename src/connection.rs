@@ -482,16 +482,3 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     })
     .await;
 }
-#[cfg(test)]
-mod sizes_tmp {
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        println!("Conn {} Reading {} Reader {} Parser {} Writer {} Outbox {} Member {} Books {} Slot {} Socket {} Mailbox {} Control {} Client {} ClientInfo {} Wakeup {} Ending {} ReadEnd {} TokenBucket {} Settings? Incoming {}",
-            size_of::<super::Conn>(), size_of::<super::Reading>(), size_of::<crate::reader::Reader<crate::duplex::Socket>>(),
-            size_of::<crate::reader::Parser>(), size_of::<crate::writer::Writer<crate::duplex::Socket>>(), size_of::<crate::frame::Outbox>(),
-            size_of::<crate::hub::Member>(), size_of::<super::Books>(), size_of::<crate::admission::Slot>(), size_of::<crate::duplex::Socket>(),
-            size_of::<crate::mailbox::Mailbox>(), size_of::<crate::ending::Control>(), size_of::<crate::registry::Client>(), size_of::<crate::registry::ClientInfo>(),
-            size_of::<crate::wakeup::Wakeup>(), size_of::<crate::ending::Ending>(), size_of::<crate::reader::ReadEnd>(), size_of::<crate::rate::TokenBucket>(), size_of::<crate::reader::Incoming>());
-    }
-}
