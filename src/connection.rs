@@ -371,7 +371,7 @@ impl Reading {
         if over_rate(self.budget.as_mut(), self.settings.message_rate) {
             return Err(close_with(Code::Policy, &"message rate limit exceeded"));
         }
-        publish(text, self.accepting.is_some(), self.reader.mailbox().control(), &self.ctx, &who);
+        publish(text, self.accepting.is_some(), self.control(), &self.ctx, &who);
         Ok(())
     }
 

@@ -139,10 +139,7 @@ impl Hub {
         let mailbox = Arc::new(Mailbox::new(queue_len, info.gzip, socket));
         let id = self.registry.next_id();
         let generation = Default::default();
-        self.registry.register(
-            key.clone(),
-            Client { id, info, mailbox: mailbox.clone(), generation },
-        );
+        self.registry.register(key.clone(), Client { id, info, mailbox: mailbox.clone(), generation });
         // After the registration: a sweep that reset the minimum either sees this entry or this.
         if info.expires != 0 {
             self.next_expiry.fetch_min(u64::from(info.expires), Ordering::Relaxed);
@@ -290,7 +287,9 @@ impl Hub {
 
     /// Closes the connection holding `key` with `code` and `reason`; false when none does.
     pub fn kick(&self, key: &str, code: Code, reason: &str) -> bool {
-        self.registry.with(key, |client| client.mailbox.control().end(Ending::close_because(code, reason))).unwrap_or(false)
+        self.registry
+            .with(key, |client| client.mailbox.control().end(Ending::close_because(code, reason)))
+            .unwrap_or(false)
     }
 
     /// Calls `f` with the key, the info and the queue depth (messages waiting) of every local

@@ -154,15 +154,15 @@ mod tests {
     #[test]
     fn replacement_closes_the_old_and_never_removes_the_new() {
         let reg = Registry::default();
-        let (a, a_ctl) = client(&reg, true);
+        let (a, a_mailbox) = client(&reg, true);
         let a_id = a.id;
         reg.register("k".into(), a);
         assert_eq!((reg.len(), reg.gzip_len()), (1, 1));
-        let (b, b_ctl) = client(&reg, false);
+        let (b, b_mailbox) = client(&reg, false);
         let b_id = b.id;
         reg.register("k".into(), b);
-        assert_eq!(a_ctl.control().ending().and_then(Ending::code), Some(Code::Replaced));
-        assert_eq!(b_ctl.control().ending(), None);
+        assert_eq!(a_mailbox.control().ending().and_then(Ending::code), Some(Code::Replaced));
+        assert_eq!(b_mailbox.control().ending(), None);
         assert_eq!((reg.len(), reg.gzip_len()), (1, 0));
         assert!(reg.unregister("k", a_id).is_none(), "the late removal of the old must not remove the new");
         assert_eq!(reg.len(), 1);
